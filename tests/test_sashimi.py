@@ -1,0 +1,154 @@
+"""The SaShiMi network: reference parameter counts, recurrent == parallel, causality across tiers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import sashimi_jax as sj
+from sashimi_jax import sashimi as net
+from conftest import config_path
+
+forward = nnx.jit(lambda model, tokens: model(tokens))
+prefill = nnx.jit(lambda model, tokens: model.prefill(tokens))
+
+REFERENCE_COUNTS = {"bigband_2layer": 1_462_528, "bigband_8layer": 4_764_160, "youtubemix_8layer": 4_764_160}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
+def test_parameter_counts_within_one_percent_of_reference(name):
+    cfg = sj.load_config(config_path(name))
+    model = nnx.eval_shape(lambda: sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0)))
+    n = sj.count_params(model)
+    assert abs(n - REFERENCE_COUNTS[name]) / REFERENCE_COUNTS[name] < 0.01, n
+
+
+def stepped_logits(model, tokens, dense=True):
+    """Recurrent mode over a whole sequence inside one lax.scan: int32 (B, L) -> (B, L, 256)."""
+
+    @nnx.jit(static_argnums=2)
+    def run(model, tokens, dense):
+        cache = model.step_cache()
+
+        def body(state, tok):
+            logits, state = model.step(tok, state, cache, dense=dense)
+            return state, logits
+
+        _, out = jax.lax.scan(body, model.init_state(tokens.shape[0]), tokens.T)
+        return jnp.swapaxes(out, 0, 1)
+
+    return run(model, tokens, dense)
+
+
+@pytest.mark.parametrize("name", ["bigband_2layer", "bigband_8layer"])
+def test_recurrent_matches_parallel_over_4096_samples(name):
+    cfg = sj.load_config(config_path(name))
+    model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (1, 4096), 0, 256)
+    parallel = forward(model, tokens)
+    recurrent = stepped_logits(model, tokens)
+    assert parallel.dtype == recurrent.dtype == jnp.float32
+    err = float(jnp.abs(parallel - recurrent).max())
+    assert err <= 1e-4, err
+
+
+def test_linear_step_mode_matches_parallel():
+    cfg = sj.load_config(config_path("demo"), ["model.d_state=64"])
+    model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(3))
+    tokens = jax.random.randint(jax.random.key(2), (2, 1024), 0, 256)
+    err = float(jnp.abs(forward(model, tokens) - stepped_logits(model, tokens, dense=False)).max())
+    assert err <= 1e-4, err
+
+
+def test_lower_tiers_run_at_their_own_rate():
+    """A centre-tier S4 state must change only every prod(pool) = 16 samples, a tier-1 state every 4."""
+    cfg = sj.load_config(config_path("demo"))
+    model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
+    state = model.init_state(1)
+    cache = model.step_cache()
+    step = nnx.jit(lambda m, tok, st, c: m.step(tok, st, c))
+    changes = {1: [], 2: []}
+    for t in range(48):
+        _, new = step(model, jnp.array([t * 5 % 256]), state, cache)
+        for tier in (1, 2):
+            changes[tier].append(bool(jnp.any(new.ssm[tier][0] != state.ssm[tier][0])))
+        state = new
+    assert [t for t, c in enumerate(changes[1]) if c] == list(range(3, 48, 4))
+    assert [t for t, c in enumerate(changes[2]) if c] == [15, 31, 47]
+    assert int(state.t) == 48
+
+
+def prefix_unchanged(model, tokens, t, fwd=forward):
+    """Change input t; return (max change at positions < t, change at position t)."""
+    other = tokens.at[:, t].set((tokens[:, t] + 97) % 256)
+    a, b = fwd(model, tokens), fwd(model, other)
+    before = float(jnp.abs(a[:, :t] - b[:, :t]).max()) if t else 0.0
+    return before, float(jnp.abs(a[:, t] - b[:, t]).max())
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    cfg = sj.load_config(config_path("demo"))
+    return sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("t", [0, 1, 3, 4, 5, 15, 16, 17, 31, 32, 63, 100, 255])
+def test_causality_across_tiers(small_model, t):
+    """Input t (the sample t - 1 of the audio) may change logits at t and after, never before."""
+    tokens = jax.random.randint(jax.random.key(7), (1, 256), 0, 256)
+    before, at = prefix_unchanged(small_model, tokens, t)
+    assert before < 1e-5, f"input {t} leaked into earlier outputs by {before}"
+    assert at > 1e-3  # and it does reach its own position
+
+
+def test_causality_test_detects_an_unshifted_uppool(small_model, monkeypatch):
+    """The causality check above must catch the classic bug: an UpPool without the shift."""
+
+    def leaky(self, x):
+        y = self.linear(x)
+        b, lp, _ = y.shape
+        return self.spread(y).reshape(b, lp * self.pool, self.d_out)
+
+    monkeypatch.setattr(net.UpPool, "__call__", leaky)
+    tokens = jax.random.randint(jax.random.key(7), (1, 256), 0, 256)
+    fresh = nnx.jit(lambda model, tokens: model(tokens))  # traced after the patch
+    assert max(prefix_unchanged(small_model, tokens, t, fresh)[0] for t in (1, 5, 17)) > 1e-3
+
+
+def test_sample_level_causality_through_shifted_inputs(small_model):
+    """Predictions for samples <= t never see sample t (inputs are the samples shifted right, 128 first)."""
+    audio = jax.random.randint(jax.random.key(9), (1, 128), 0, 256)
+    shift = lambda x: jnp.concatenate([jnp.full((1, 1), 128), x[:, :-1]], axis=1)  # noqa: E731
+    t = 37
+    changed = audio.at[:, t].set((audio[:, t] + 50) % 256)
+    a, b = forward(small_model, shift(audio)), forward(small_model, shift(changed))
+    assert float(jnp.abs(a[:, : t + 1] - b[:, : t + 1]).max()) < 1e-5
+    assert float(jnp.abs(a[:, t + 1] - b[:, t + 1]).max()) > 1e-3
+
+
+def test_prefill_equals_stepping_at_every_phase(small_model):
+    tokens = jax.random.randint(jax.random.key(4), (2, 80), 0, 256)
+    cache = small_model.step_cache()
+    state = small_model.init_state(2)
+    step = nnx.jit(lambda m, tok, st, c: m.step(tok, st, c))
+    for t in range(80):
+        logits, state = step(small_model, tokens[:, t], state, cache)
+        if t + 1 in (1, 4, 17, 80):
+            lp, sp = prefill(small_model, tokens[:, : t + 1])
+            assert float(jnp.abs(lp - logits).max()) < 1e-4
+            diffs = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), sp, state)
+            assert max(jax.tree.leaves(diffs)) < 1e-4, (t, diffs)
+
+
+def test_length_not_multiple_of_pooling_is_a_clear_error(small_model):
+    with pytest.raises(ValueError, match="multiple of the total pooling factor 16"):
+        small_model(jnp.zeros((1, 20), jnp.int32))
+
+
+def test_forward_is_float32_with_expected_shapes(small_model):
+    logits = forward(small_model, jnp.full((3, 32), 128, jnp.int32))
+    assert logits.shape == (3, 32, 256) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
