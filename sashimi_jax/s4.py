@@ -213,9 +213,11 @@ def dplr_kernel(
 
     At the roots of unity z_l = exp(-2 pi i l / L), sum_k K_k z^k = C~ (I - A_bar z)^{-1} B_bar
     = dt C~ M(z)^{-1} B with M(z) = (1 - z) I - (1 + z)(dt/2) A (finite at z = -1). With A = diag(Lambda) - P P^*,
-    Woodbury gives dt [k00 - c k01 k10 / (1 + c k11)], c = (1 + z) dt/2, where k_xy = sum_n x_n y_n / D_n(z) and
-    D_n(z) = (1 - z) - (1 + z)(dt/2) Lambda_n over the conjugate-expanded N modes. The shared Cauchy matrix
-    1/D (L/2+1, N) multiplies (N, H) matrices; an inverse real FFT returns the kernel.
+    Woodbury gives dt C~ [R B - R P r(z)], R = diag(1/D(z)), D_n(z) = (1 - z) - (1 + z)(dt/2) Lambda_n and
+    r(z) = c k10 / (1 + c k11), c = (1 + z) dt/2, k10 = P^* R B, k11 = P^* R P (sums over the conjugate-expanded
+    N modes). The Cauchy factor is shared by all channels, so the spectrum is ONE real matrix product of the
+    (2 (L/2+1), N) matrix G = R (B - r P) (conjugate pairs folded) with C~ (N, H); an inverse real FFT returns
+    the kernel.
 
     Args:
       lam, p, b: complex (n/2,) DPLR parameters (shared by all channels).
@@ -225,21 +227,27 @@ def dplr_kernel(
     Returns:
       float (H, L), float32 for complex64 inputs.
     """
-    a_real = real_transition(lam, p, dt)
-    ct = c_tilde(c, a_real, length)
+    ct = c_tilde(c, real_transition(lam, p, dt), length)
     z = jnp.exp(-2j * jnp.pi * jnp.arange(length // 2 + 1) / length).astype(lam.dtype)  # (Z,)
-    lam_f, p_f, b_f, ct_f = conj_expand(lam), conj_expand(p), conj_expand(b), conj_expand(ct)
+    lam_f, p_f, b_f = conj_expand(lam), conj_expand(p), conj_expand(b)
     cauchy = 1.0 / ((1 - z)[:, None] - (1 + z)[:, None] * (0.5 * dt) * lam_f[None, :])  # (Z, N)
-    weights = jnp.concatenate(
-        [(ct_f * b_f).T, (ct_f * p_f).T, (jnp.conj(p_f) * b_f)[:, None], (jnp.conj(p_f) * p_f)[:, None]],
-        axis=1,
-    )  # (N, 2H + 2)
-    k = jnp.matmul(cauchy, weights, precision=HIGHEST)  # (Z, 2H + 2)
-    h = c.shape[0]
-    k00, k01, k10, k11 = k[:, :h], k[:, h : 2 * h], k[:, 2 * h : 2 * h + 1], k[:, 2 * h + 1 :]
+    k10 = jnp.sum(cauchy * (jnp.conj(p_f) * b_f), axis=-1, keepdims=True)  # (Z, 1)
+    k11 = jnp.sum(cauchy * (jnp.conj(p_f) * p_f), axis=-1, keepdims=True)
     cz = ((1 + z) * 0.5 * dt)[:, None]
-    spectrum = dt * (k00 - cz * k01 * k10 / (1.0 + cz * k11))  # (Z, H)
-    return jnp.fft.irfft(spectrum.T, n=length, axis=-1)
+    g = cauchy * (b_f - p_f * (cz * k10 / (1.0 + cz * k11)))  # (Z, N): R (B - r P)
+    half = lam.shape[-1]
+    g_sum, g_diff = g[:, :half] + g[:, half:], g[:, :half] - g[:, half:]  # C~_full = [C~, conj C~]
+    lhs = jnp.concatenate(
+        [
+            jnp.concatenate([jnp.real(g_sum), -jnp.imag(g_diff)], axis=1),  # real part of the spectrum
+            jnp.concatenate([jnp.imag(g_sum), jnp.real(g_diff)], axis=1),  # imaginary part
+        ],
+        axis=0,
+    )  # (2Z, n)
+    rhs = jnp.concatenate([jnp.real(ct), jnp.imag(ct)], axis=1).T  # (n, H)
+    spec = dt * jnp.matmul(lhs, rhs, precision=HIGHEST)  # (2Z, H)
+    zn = z.shape[0]
+    return jnp.fft.irfft(jax.lax.complex(spec[:zn], spec[zn:]).T, n=length, axis=-1)
 
 
 def causal_conv(u: jax.Array, k: jax.Array, d: jax.Array) -> jax.Array:
@@ -251,10 +259,10 @@ def causal_conv(u: jax.Array, k: jax.Array, d: jax.Array) -> jax.Array:
       float32 (B, L, H).
     """
     length = u.shape[1]
-    n = 2 * length
-    uf = jnp.fft.rfft(u, n=n, axis=1)
-    kf = jnp.fft.rfft(k.T, n=n, axis=0)
-    y = jnp.fft.irfft(uf * kf[None], n=n, axis=1)[:, :length]
+    n = 2 * length  # zero padding: the circular convolution of size 2L is the linear one
+    uf = jnp.fft.rfft(jnp.swapaxes(u, 1, 2), n=n, axis=-1)  # FFT over the last (contiguous) axis
+    kf = jnp.fft.rfft(k, n=n, axis=-1)
+    y = jnp.swapaxes(jnp.fft.irfft(uf * kf, n=n, axis=-1)[..., :length], 1, 2)
     return (y + u * d).astype(u.dtype)
 
 
