@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.dt_max = 0.1  # upper bound of the log-uniform init of the S4 step size dt
     m.glu = True  # S4 block output: Linear(H, 2H) + GLU (reference default) instead of Linear(H, H)
     m.dropout = 0.0  # dropout after the S4 activation and inside FF blocks (reference: 0.0)
+    m.remat = False  # recompute each (S4, FF) pair in the backward pass: far less memory, ~25% more compute
     m.n_classes = 256  # vocabulary: 8-bit mu-law -> 256 classes (input embedding and output head)
 
     # ---------------------------------------------------------------- data
@@ -65,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.schedule = "plateau"  # "plateau" (reference ReduceLROnPlateau on val loss) or "constant" or "cosine"
     t.plateau_factor = 0.2  # plateau: multiply the lr by this after `plateau_patience` bad evals
     t.plateau_patience = 20  # plateau: evaluations without improvement before the lr drops
+    t.plateau_threshold = 1e-4  # plateau: relative improvement of the val loss that counts as one (torch default)
     t.warmup_steps = 0  # linear warmup steps (cosine schedule only)
     t.grad_clip = 0.0  # global-norm gradient clipping (0 = off, the reference default)
     t.ema = 0.0  # EMA decay of parameters for evaluation/generation (0 = off)
@@ -161,6 +163,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.d_state={m.d_state} must be even (states come in conjugate pairs).")
     if m.n_layers < 0 or any(p < 1 for p in m.pool) or m.expand < 1:
         raise ConfigError("model.n_layers must be >= 0 and model.pool / model.expand >= 1.")
+    if m.remat and m.dropout > 0:
+        raise ConfigError("model.remat needs model.dropout = 0 (rematerialised blocks draw no random numbers); set one of them off.")
     total_pool = 1
     for p in m.pool:
         total_pool *= p

@@ -26,16 +26,22 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from sashimi_jax import s4 as s4lib
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
+SQRT_HALF = float(np.sqrt(0.5))
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as torch.nn.GELU()."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU as torch.nn.GELU(): x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), float32 -> float32.
+
+    Written with erf: ``jax.nn.gelu(approximate=False)`` goes through erfc, several times slower on
+    XLA's CPU backend (the whole training step is 1.6x faster this way).
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * SQRT_HALF))
 
 
 class S4Block(nnx.Module):
@@ -46,7 +52,7 @@ class S4Block(nnx.Module):
         self.s4 = s4lib.S4(d, cfg.d_state, cfg.dt_min, cfg.dt_max, rngs=rngs)
         self.glu = bool(cfg.glu)
         self.out = nnx.Linear(d, 2 * d if self.glu else d, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout > 0 else None)
 
     def mix(self, z: jax.Array) -> jax.Array:
         """The position-wise part after the SSM: GELU -> Linear -> (GLU) -> dropout."""
@@ -55,12 +61,8 @@ class S4Block(nnx.Module):
             z = jax.nn.glu(z, axis=-1)
         return self.drop(z)
 
-    def __call__(self, x: jax.Array, record: list | None = None) -> jax.Array:
-        """(B, L, H) -> (B, L, H); appends the S4 layer's input sequence to ``record`` when given."""
-        z = self.norm(x)
-        if record is not None:
-            record.append(z)
-        return x + self.mix(self.s4(z))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.mix(self.s4(self.norm(x)))
 
     def step(self, x: jax.Array, state: jax.Array, disc: s4lib.Discrete, dense: bool):
         """x (B, H), state (B, H, N) -> (B, H), (B, H, N)."""
@@ -76,7 +78,7 @@ class FFBlock(nnx.Module):
         self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs)
         self.inp = nnx.Linear(d, expand * d, rngs=rngs)
         self.out = nnx.Linear(expand * d, d, rngs=rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs if dropout > 0 else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.out(self.drop(gelu(self.inp(self.norm(x)))))
@@ -120,20 +122,46 @@ class UpPool(nnx.Module):
         return self.spread(y).reshape(b, lp * self.pool, self.d_out)
 
 
+def block_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
+    """One (S4 block, FF block) pair: (B, L, H) -> (B, L, H)."""
+    x = s4_block(x)
+    return x if ff_block is None else ff_block(x)
+
+
+def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
+    """:func:`block_pair` under ``jax.checkpoint``: the backward pass recomputes the pair's activations.
+
+    The modules are split into a static graph and parameter leaves so that the checkpointed function is
+    pure (nothing is written back: the pair is stateless when dropout is 0, which the config enforces).
+    """
+    graphdef, state = nnx.split((s4_block, ff_block))
+
+    def pure(state, x):
+        return block_pair(*nnx.merge(graphdef, state), x)
+
+    return jax.checkpoint(pure)(state, x)
+
+
 class Tier(nnx.Module):
-    """n_layers (S4 block, FF block) pairs at one rate: (B, L, H) -> (B, L, H)."""
+    """n_layers (S4 block, FF block) pairs at one rate: (B, L, H) -> (B, L, H).
+
+    With ``cfg.remat`` each pair is rematerialised in the backward pass (:func:`remat_pair`): only the pairs'
+    inputs are kept, which is what lets long windows train in a few GiB.
+    """
 
     def __init__(self, d: int, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         self.s4_blocks = nnx.List([S4Block(d, cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.ff_blocks = nnx.List(
             [FFBlock(d, cfg.ff, cfg.dropout, rngs=rngs) for _ in range(cfg.n_layers)] if cfg.ff > 0 else []
         )
+        self.remat = bool(cfg.remat)
 
     def __call__(self, x: jax.Array, record: list | None = None) -> jax.Array:
+        pair = remat_pair if self.remat and record is None else block_pair
         for i, blk in enumerate(self.s4_blocks):
-            x = blk(x, record)
-            if self.ff_blocks:
-                x = self.ff_blocks[i](x)
+            if record is not None:
+                record.append(blk.norm(x))
+            x = pair(blk, self.ff_blocks[i] if self.ff_blocks else None, x)
         return x
 
     def step(self, x, states, discs, dense):

@@ -152,3 +152,28 @@ def test_forward_is_float32_with_expected_shapes(small_model):
     logits = forward(small_model, jnp.full((3, 32), 128, jnp.int32))
     assert logits.shape == (3, 32, 256) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    """Rematerialised pairs (model.remat) change memory, not the function or its gradient."""
+    grads = []
+    for remat in (False, True):
+        cfg = sj.load_config(config_path("demo"), [f"model.remat={remat}", "model.d_model=8", "model.d_state=8"])
+        model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(5))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        tokens = jax.random.randint(jax.random.key(3), (2, 64), 0, 256)
+
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(tokens)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], axis=-1))
+
+        grads.append(jax.jit(jax.value_and_grad(loss))(params))
+    (l0, g0), (l1, g1) = grads
+    assert abs(float(l0) - float(l1)) < 1e-6
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1))
+    assert max(diffs) < 1e-5 and len(diffs) > 20
+
+
+def test_remat_with_dropout_is_refused():
+    with pytest.raises(sj.ConfigError, match="model.remat needs model.dropout = 0"):
+        sj.load_config(config_path("demo"), ["model.remat=True", "model.dropout=0.1"])
