@@ -1,0 +1,46 @@
+"""Evaluate a training run on a whole split and print/write the metric table as JSON.
+
+  python experiments/evaluate.py --workdir runs/demo [--split test|val|train] [--batch_size N] [--which best|latest]
+
+Restores the best checkpoint by validation loss (``--which latest``: the newest), scores every window of the
+split with the run's saved config, prints the JSON and writes it to ``<workdir>/eval_<split>.json``:
+loss (nats/sample), bpb (bits/sample), accuracy, accuracy@3, accuracy@5, accuracy@10.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from sashimi_jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments/train.py.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "val", "train"], "Split to score.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Global evaluation batch (0 = the run's train.batch_size).")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint: best by val loss, or latest.")
+_CACHE = flags.DEFINE_string("compile_cache", cli.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}.", code=2)
+    cli.quiet_logs()
+    if not _WORKDIR.value:
+        cli.fail("--workdir is required: pass the directory of a training run (e.g. runs/demo).", code=2)
+    from sashimi_jax import checkpoint, data
+    from sashimi_jax.config import ConfigError
+    from sashimi_jax.evaluate import evaluate_run
+
+    cli.enable_compile_cache(_CACHE.value)
+    try:
+        result = evaluate_run(_WORKDIR.value, _SPLIT.value, _BATCH.value, _WHICH.value)
+    except ConfigError as err:
+        cli.fail(str(err), code=2)
+    except (data.DataError, data.AudioError, checkpoint.WorkdirError) as err:
+        cli.fail(str(err))
+    print(json.dumps(result, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

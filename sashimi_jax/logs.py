@@ -1,0 +1,120 @@
+"""Training logs in the work directory: JSON lines, TensorBoard events and a loss-curve PNG.
+
+* ``metrics.jsonl``: one JSON object per line, ``{"split": "train"|"val", "step": int, "loss": ..., ...}``.
+  On resume, lines of steps after the restored checkpoint (written by the interrupted run) are dropped,
+  so the file reads like one uninterrupted run.
+* ``tb/``: TensorBoard scalars ``<split>/<metric>`` (tensorboardX); events of steps after the restored
+  checkpoint are purged the same way.
+* ``loss.png``: train and validation loss in bits per sample vs step, redrawn after each evaluation.
+
+Only one process (process 0) writes; the others get a :class:`RunLog` with ``enabled=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+PLOT_FILE = "loss.png"
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file (a torn last line from a crash is skipped)."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Draw train and val loss (bits per sample) vs step into a PNG (matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for split, style in (("train", "-"), ("val", "o-")):
+        pts = [
+            (r["step"], r["bpb"]) for r in records if r.get("split") == split and math.isfinite(r.get("bpb", math.nan))
+        ]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, style, label=split, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (bits per sample)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Writer of metrics.jsonl, TensorBoard events and loss.png for one run (resumable)."""
+
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, enabled: bool = True, title: str = ""):
+        self.workdir = Path(workdir)
+        self.enabled = enabled
+        self.title = title
+        self.records: list[dict] = []
+        self._tb = None
+        if not enabled:
+            return
+        path = self.workdir / METRICS_FILE
+        self.records = [r for r in read_records(path) if r.get("step", 0) <= resume_step]
+        tmp = path.with_name(f".{METRICS_FILE}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, path)
+        self._file = open(path, "a")  # noqa: SIM115 -- kept open for the run, closed by close()
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.workdir / TB_DIR), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, split: str, step: int, values: Mapping[str, Any]) -> dict:
+        """Append one record ``{"split", "step", **values}`` to metrics.jsonl and TensorBoard; returns it."""
+        record = {"split": split, "step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        if not self.enabled:
+            return record
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for k, v in record.items():
+            if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{split}/{k.replace('@', '_at_')}", v, int(step))
+        self._tb.flush()
+        return record
+
+    def plot(self) -> None:
+        """Redraw loss.png from every record so far."""
+        if self.enabled:
+            plot_loss(self.records, self.workdir / PLOT_FILE, self.title)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+    """NumPy/JAX scalars -> Python numbers (NaN/inf kept as floats)."""
+    try:
+        return v.item()
+    except AttributeError:
+        return v
