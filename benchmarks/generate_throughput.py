@@ -38,7 +38,9 @@ REFERENCE = {  # aggregate samples/s of the PyTorch reference (dense step) on 2 
 RATE = 16000
 
 
-def run_case(config: str, batch: int, samples: int, repeats: int, prompt_seconds: float, sampling: list) -> dict:
+def run_case(
+    config: str, batch: int, samples: int, repeats: int, prompt_seconds: float, sampling: list, reps: int
+) -> dict:
     """Measure one (config, batch) case in this process."""
     import jax
     import jax.numpy as jnp
@@ -51,16 +53,16 @@ def run_case(config: str, batch: int, samples: int, repeats: int, prompt_seconds
     cfg = load_config(REPO / "configs" / f"{config}.py")
     model = SaShiMi(cfg.model, rngs=nnx.Rngs(0))
     s = sample.check_sampling(*sampling)
-    frames = -(-samples // model.frame)
-    gen = sample.Generator(model, s, chunk=frames * model.frame)
-    carry = sample.start(model, batch)
+    gen = sample.Generator(model, s, chunk=samples, reps=reps)
+    frames = gen.max_frames
+    carry = sample.start(model, batch, frame=gen.frame)
     key = jax.random.key(0)
     args = jax.device_put(
         (carry.state, carry.known, carry.n_known, jnp.asarray(frames, jnp.int32), key), gen.sharding
     )
     t0 = time.perf_counter()
     compiled = sample.run_frames.lower(
-        gen.graphdef, gen.params, gen.fcache, *args, sampling=s, max_frames=frames
+        gen.graphdef, gen.params, gen.fcache, *args, sampling=s, max_frames=frames, reps=gen.reps
     ).compile()
     compile_s = time.perf_counter() - t0
 
@@ -72,7 +74,7 @@ def run_case(config: str, batch: int, samples: int, repeats: int, prompt_seconds
 
     once()  # warm-up
     times = sorted(once() for _ in range(repeats))
-    n = frames * model.frame
+    n = frames * gen.frame
     best, median = n / times[0], n / times[len(times) // 2]
     result = {
         "config": config,
@@ -85,6 +87,7 @@ def run_case(config: str, batch: int, samples: int, repeats: int, prompt_seconds
         "median_aggregate_samples_per_s": round(median * batch, 1),
         "real_time_factor": round(best / RATE, 3),
         "sampling": s._asdict(),
+        "frame_samples": gen.frame,
     }
     ref = REFERENCE.get((config, batch))
     if ref:
@@ -113,13 +116,17 @@ def main() -> None:
     p.add_argument("--temp", type=float, default=1.0)
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--reps", type=int, default=0, help="centre steps per compiled frame (0 = the library default)")
     p.add_argument("--out", default="", help="also write the JSON here")
     p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: config:batch, run in-process
     a = p.parse_args()
     sampling = [a.temp, a.top_p, a.top_k]
     if a.case:
         config, batch = a.case.split(":")
-        print(json.dumps(run_case(config, int(batch), a.samples, a.repeats, a.prompt_seconds, sampling)))
+        from sashimi_jax.sample import DEFAULT_REPS
+
+        reps = a.reps or DEFAULT_REPS
+        print(json.dumps(run_case(config, int(batch), a.samples, a.repeats, a.prompt_seconds, sampling, reps)))
         return
     import platform
 
@@ -130,9 +137,9 @@ def main() -> None:
             cmd = [
                 sys.executable, __file__, "--case", f"{config}:{batch}", "--samples", str(samples),
                 "--repeats", str(a.repeats), "--prompt_seconds", str(a.prompt_seconds),
-                "--temp", str(a.temp), "--top_p", str(a.top_p), "--top_k", str(a.top_k),
+                "--temp", str(a.temp), "--top_p", str(a.top_p), "--top_k", str(a.top_k), "--reps", str(a.reps),
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
             if proc.returncode or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

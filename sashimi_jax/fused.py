@@ -1,25 +1,27 @@
 """Fused recurrent step: one 16-sample *frame* of SaShiMi per call, for fast generation.
 
-:meth:`SaShiMi.step` consumes one sample and runs the lower tiers under ``lax.cond``. A frame of
-F = prod(pool) samples (16 for pool = (4, 4)) instead unrolls, statically, the F top-tier steps, the
-F/4 steps of the 4 kHz tier and the single step of the 1 kHz tier, in the order ``step`` runs them, with
-a caller-supplied ``choose(j, logits) -> next token`` between samples (sampling, or teacher forcing).
-The tier phases are Python constants, so there is no ``lax.cond`` and no dynamic indexing.
+:meth:`SaShiMi.step` consumes one sample and runs the lower tiers under ``lax.cond``. :func:`frame_step`
+consumes a frame of F = prod(pool) samples (16 for pool = (4, 4)) as nested loops, one per tier, with no
+``lax.cond``: the 1 kHz step runs after the four 4 kHz steps that fill its DownPool, each of which runs
+after its four 16 kHz steps -- the order in which ``step`` produces the same data (a lower tier's output
+only feeds the *next* group of the finer tier, through the UpPool's causal shift). Between samples a
+caller-supplied ``choose(j, logits) -> next token`` samples, or forces a known token. The loop bodies are
+compiled once (not unrolled), which keeps compile times short and XLA's CPU code compact.
 
-The S4 layers of a tier that runs F_i steps in a frame are run F_i steps at a time (exact algebra on the
+The S4 layers of a tier that runs F_i steps per frame are run F_i steps at a time (exact algebra on the
 dense transition A = A_bar, B = B_bar, read-out C, skip D, see :func:`chunk_of`):
 
     x_{j+1}  = A^(j+1) x_0 + sum_{k<=j} A^(j-k) B u_k
     y_j      = C x_{j+1} + D u_j = [C A^(j+1)] x_0 + sum_{k<=j} K_(j-k) u_k,   K_0 = C B + D, K_m = C A^m B
     x_F      = A^F x_0 + sum_k A^(F-1-k) B u_k.
 
-So the (B x H, N) state is read once per frame (the "free response" C A^(j+1) x_0 of all F outputs, a
-batched matrix product over channels) and written once (two matrix products); in between, each sample
-costs only an (H,)-wide multiply-add over the frame's past inputs instead of an (N x N) matrix product.
-The result equals stepping to float32 rounding (tests/test_sample.py compares logits and greedy tokens).
+So each (B x H, N) state is read once per frame (the "free response" C A^(j+1) x_0 of all F outputs, a
+batched matrix product over channels) and written once (two matrix products); in between, input u_k
+costs an (F, B, H) multiply-add into the frame's output accumulator instead of an (N x N) matrix product
+per sample. The result equals stepping to float32 rounding (tests/test_sample.py compares logits, states
+and greedy tokens).
 
 Other differences from ``step`` (same math, cheaper on XLA's CPU backend):
-* GELU as 0.5 x (1 + erf(x / sqrt 2)) (``jax.nn.gelu`` uses erfc, several times slower there);
 * the S4 states are kept channel-major, (H, B, N), inside the frame loop (:class:`FrameState`), so the
   per-channel products need no transposes of the state; :func:`to_frame_state` / :func:`from_frame_state`
   convert at chunk boundaries;
@@ -28,18 +30,17 @@ Other differences from ``step`` (same math, cheaper on XLA's CPU backend):
 
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sashimi_jax import s4 as s4lib
-from sashimi_jax.sashimi import SaShiMi, SaShiMiState
+from sashimi_jax.sashimi import SaShiMi, SaShiMiState, gelu
 
 HIGHEST = jax.lax.Precision.HIGHEST
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
 class LayerChunk(NamedTuple):
@@ -48,14 +49,14 @@ class LayerChunk(NamedTuple):
     Fields:
       free: (H, F, N) row j = C_h A^(j+1): output j's dependence on the state at the chunk start.
       kern: (F, H) kern[m] = C_h A^m B (+ D_h at m = 0): output j's dependence on input j - m.
-      toeplitz: (F, F, H) toeplitz[j, k] = kern[j - k] for k <= j, else 0: output j from inputs 0..F-1.
+      toeplitz_t: (F, F, H) toeplitz_t[k, j] = kern[j - k] for k <= j, else 0: input k's effect on output j.
       a_pow: (N, N) (A^F)^T, so that x_F = x_0 @ a_pow + ... for row-vector states.
       b_pow: (F, N) row k = (A^(F-1-k) B)^T: input k's contribution to the state after the chunk.
     """
 
     free: jax.Array
     kern: jax.Array
-    toeplitz: jax.Array
+    toeplitz_t: jax.Array
     a_pow: jax.Array
     b_pow: jax.Array
 
@@ -112,9 +113,9 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
     free = jnp.einsum("hm,jmn->hjn", c, pows[1:], precision=HIGHEST)
     impulse = jnp.einsum("jmn,n->jm", pows[:steps], b, precision=HIGHEST)  # (F, N): A^m B
     kern = jnp.einsum("hn,jn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
-    lag = np.arange(steps)[:, None] - np.arange(steps)[None, :]  # j - k
-    toeplitz = jnp.where((lag >= 0)[..., None], kern[np.maximum(lag, 0)], 0.0)
-    return LayerChunk(free=free, kern=kern, toeplitz=toeplitz, a_pow=pows[steps].T, b_pow=impulse[::-1])
+    lag = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # [k, j] = j - k
+    toeplitz_t = jnp.where((lag >= 0)[..., None], kern[np.maximum(lag, 0)], 0.0)
+    return LayerChunk(free=free, kern=kern, toeplitz_t=toeplitz_t, a_pow=pows[steps].T, b_pow=impulse[::-1])
 
 
 def tier_strides(model: SaShiMi) -> tuple[int, ...]:
@@ -125,19 +126,30 @@ def tier_strides(model: SaShiMi) -> tuple[int, ...]:
     return tuple(strides)
 
 
-def frame_cache(model: SaShiMi, cache=None) -> FrameCache:
-    """Chunk every S4 layer for one frame: tier i runs frame / stride_i steps per frame.
+def chunk_steps(model: SaShiMi, reps: int = 1) -> tuple[int, ...]:
+    """Steps per S4 chunk of each tier (top first) for frames of ``reps`` centre steps.
+
+    The top tier is chunked per centre step (prod(pool) = 16 samples); the slower tiers over the whole
+    frame (reps x 4 and reps x 1 steps for pool (4, 4)): their dense state update, the costly part at large
+    batches, then runs once per ``reps`` centre steps. With a single tier everything is one chunk.
+    """
+    per_centre = [model.frame // s for s in tier_strides(model)]
+    return tuple(n if (i == 0 and len(per_centre) > 1) else n * reps for i, n in enumerate(per_centre))
+
+
+def frame_cache(model: SaShiMi, reps: int = 1, cache=None) -> FrameCache:
+    """Chunk every S4 layer for frames of ``reps`` centre steps (see :func:`chunk_steps`).
 
     Args:
       model: the network.
+      reps: centre (1/prod(pool)-rate) steps per frame: a frame is reps x prod(pool) samples.
       cache: its :meth:`SaShiMi.step_cache` (computed here when None).
     """
     cache = model.step_cache() if cache is None else cache
-    frame = model.frame
     return FrameCache(
         tuple(
-            tuple(chunk_of(disc, frame // stride) for disc in discs)
-            for discs, stride in zip(cache.discs, tier_strides(model))
+            tuple(chunk_of(disc, steps) for disc in discs)
+            for discs, steps in zip(cache.discs, chunk_steps(model, reps))
         )
     )
 
@@ -152,11 +164,6 @@ def layer_norm(norm, x: jax.Array) -> jax.Array:
     var = jnp.maximum(0.0, mean2 - mean * mean)
     y = (x - mean) * (jax.lax.rsqrt(var + norm.epsilon) * norm.scale[...])
     return y + norm.bias[...]
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2))."""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 
 
 def linear(lin, x: jax.Array) -> jax.Array:
@@ -190,9 +197,11 @@ def advance(chunk: LayerChunk, x: jax.Array, inputs) -> jax.Array:
     h, b, n = x.shape
     inputs = jnp.stack(inputs, axis=0) if isinstance(inputs, (list, tuple)) else inputs
     u = jnp.transpose(inputs, (2, 1, 0)).reshape(h * b, -1)  # (H B, F)
-    x_next = jnp.matmul(x.reshape(h * b, n), chunk.a_pow, precision=HIGHEST)
-    x_next = x_next + jnp.matmul(u, chunk.b_pow, precision=HIGHEST)
-    return x_next.reshape(h, b, n)
+    # x + (x (A^F - I) + U B_pow): the last op is elementwise on x, so XLA updates the loop-carried
+    # state in place instead of copying it
+    delta = jnp.matmul(x.reshape(h * b, n), chunk.a_pow - jnp.eye(n, dtype=x.dtype), precision=HIGHEST)
+    delta = delta + jnp.matmul(u, chunk.b_pow, precision=HIGHEST)
+    return x + delta.reshape(h, b, n)
 
 
 # --------------------------------------------------------------------------------- the frame
@@ -206,7 +215,9 @@ class _Carry(NamedTuple):
     token: int32 (B,) the next tier-0 input. out: int32 (F, B) the frame's outputs so far.
     up: per level i, (B, p_i, H_i) the pending UpPool outputs. slots: per level i, (p_i, B, H_i) tier i's
     inputs of its current group (the DownPool's input). hist: per tier, per S4 block, (F_tier, B, H) the
-    S4 inputs of this frame (rows not reached yet are zero).
+    S4 inputs of this frame (rows not reached yet are zero). acc: likewise, the S4 outputs of the frame
+    accumulated so far (exact for the steps reached). ssm: the S4 states (H, B, N) as of the current chunk
+    starts. logits: (F, B, C) kept for tests, or None.
     """
 
     token: jax.Array
@@ -214,6 +225,8 @@ class _Carry(NamedTuple):
     up: tuple
     slots: tuple
     hist: tuple
+    acc: tuple
+    ssm: tuple
     logits: jax.Array | None = None
 
 
@@ -223,9 +236,10 @@ def frame_step(
     state: FrameState,
     token: jax.Array,
     choose: Choose,
+    reps: int = 1,
     return_logits: bool = False,
 ):
-    """Consume one frame: F = model.frame samples per stream, each fed back through ``choose``.
+    """Consume one frame: F = reps x model.frame samples per stream, each fed back through ``choose``.
 
     Sample j of the frame is the input ``token`` (j = 0) or ``choose(j - 1, logits_{j-1})`` (j > 0), and
     the frame's outputs are ``choose(j, logits_j)`` for j = 0..F-1, where logits_j are what
@@ -235,52 +249,65 @@ def frame_step(
     The frame is nested loops, one per tier (``lax.fori_loop``; the loop bodies are compiled once, not
     unrolled): tier i's step runs after the p_{i-1} steps of tier i-1 that fill its DownPool, and refills
     tier i-1's UpPool buffer for the next p_{i-1} steps -- the order ``model.step`` gives the same data.
+    The outermost loop runs the ``reps`` centre steps; tiers chunked per centre step (the top tier, see
+    :func:`chunk_steps`) read and update their S4 states inside it, the others once per frame.
 
     Args:
       model: the network (inference: dropout is not applied).
-      fcache: :func:`frame_cache` of the model.
+      fcache: :func:`frame_cache` of the model, built with the same ``reps``.
       state: :class:`FrameState` at a frame boundary.
       token: int32 (B,) the frame's first input.
       choose: ``choose(j, logits (B, n_classes)) -> int32 (B,)``, j an int32 scalar (traced).
+      reps: centre steps per frame (a Python int).
       return_logits: also return every sample's logits (tests).
     Returns:
       outputs int32 (F, B) and the state after the frame [and logits float32 (F, B, n_classes)].
     """
-    pools, depth, f = model.pools, len(model.pools), model.frame
+    pools, depth = model.pools, len(model.pools)
+    f = model.frame * reps
     tiers = [*model.tiers, model.center]
-    strides = tier_strides(model)
-    free = [[free_response(ch, x) for ch, x in zip(fcache.tiers[i], state.ssm[i])] for i in range(depth + 1)]
+    per_centre = [model.frame // s for s in tier_strides(model)]  # steps of tier i per centre step
+    steps = chunk_steps(model, reps)
+    inner = [i for i in range(depth + 1) if steps[i] == per_centre[i] and reps > 1]  # chunked per centre step
+    for i in range(depth + 1):
+        for ch in fcache.tiers[i]:
+            if ch.kern.shape[0] != steps[i]:
+                raise ValueError(f"frame cache built for other frames (tier {i}: {ch.kern.shape[0]} != {steps[i]}).")
 
-    def layers(i: int, k: jax.Array, x: jax.Array, hist: tuple) -> tuple[jax.Array, tuple]:
-        """Tier i's (S4, FF) pairs at its k-th step of the frame: (B, H_i) -> (B, H_i)."""
-        tier, new = tiers[i], []
+    def layers(i: int, k: jax.Array, x: jax.Array, hist: tuple, acc: tuple) -> tuple[jax.Array, tuple, tuple]:
+        """Tier i's (S4, FF) pairs at step k of its chunk: (B, H_i) -> (B, H_i).
+
+        acc[l] (F_i, B, H): the chunk's S4 outputs as known so far (free response plus the inputs seen);
+        input u_k adds toeplitz_t[k] u_k to every output at once (an axpy, no reduction).
+        """
+        tier, new_hist, new_acc = tiers[i], [], []
         for l, blk in enumerate(tier.s4_blocks):
             u = layer_norm(blk.norm, x)
-            h = jax.lax.dynamic_update_index_in_dim(hist[l], u, k, axis=0)
-            new.append(h)
-            toe = jax.lax.dynamic_index_in_dim(fcache.tiers[i][l].toeplitz, k, keepdims=False)  # (F, H)
-            y = jax.lax.dynamic_index_in_dim(free[i][l], k, keepdims=False) + jnp.sum(h * toe[:, None, :], axis=0)
-            x = x + s4_mix(blk, y)
+            new_hist.append(jax.lax.dynamic_update_index_in_dim(hist[l], u, k, axis=0))
+            col = jax.lax.dynamic_index_in_dim(fcache.tiers[i][l].toeplitz_t, k, keepdims=False)  # (F_i, H)
+            a = acc[l] + col[:, None, :] * u[None]
+            new_acc.append(a)
+            x = x + s4_mix(blk, jax.lax.dynamic_index_in_dim(a, k, keepdims=False))
             if tier.ff_blocks:
                 x = feed_forward(tier.ff_blocks[l], x)
-        return x, tuple(new)
+        return x, tuple(new_hist), tuple(new_acc)
 
     def run_tier(i: int, k: jax.Array, c: _Carry) -> _Carry:
         """Tier i's step k of the frame, after the finer tiers' steps that feed it."""
-        up, slots, hist = list(c.up), list(c.slots), list(c.hist)
         if i == 0:
             x = model.embed(c.token)
         else:
             p = pools[i - 1]
             c = jax.lax.fori_loop(0, p, lambda g, cc: run_tier(i - 1, k * p + g, cc), c)
-            up, slots, hist = list(c.up), list(c.slots), list(c.hist)
-            grouped = model.down[i - 1].group(jnp.swapaxes(slots[i - 1], 0, 1))
+            grouped = model.down[i - 1].group(jnp.swapaxes(c.slots[i - 1], 0, 1))
             x = linear(model.down[i - 1].linear, grouped)
+        up, slots, hist, acc = list(c.up), list(c.slots), list(c.hist), list(c.acc)
         if i < depth:
             phase = k % pools[i]
             slots[i] = jax.lax.dynamic_update_index_in_dim(slots[i], x, phase, axis=0)
             x = jax.lax.dynamic_index_in_dim(up[i], phase, axis=1, keepdims=False) + x
-        y, hist[i] = layers(i, k, x, hist[i])
+        kc = k % per_centre[i] if i in inner else k  # index in the tier's chunk
+        y, hist[i], acc[i] = layers(i, kc, x, hist[i], acc[i])
         y = y + x
         token, out, kept = c.token, c.out, c.logits
         if i == 0:
@@ -291,7 +318,20 @@ def frame_step(
                 kept = jax.lax.dynamic_update_index_in_dim(kept, logits, k, axis=0)
         else:
             up[i - 1] = model.up[i - 1].spread(linear(model.up[i - 1].linear, y))
-        return _Carry(token, out, tuple(up), tuple(slots), tuple(hist), kept)
+        return c._replace(token=token, out=out, up=tuple(up), slots=tuple(slots), hist=tuple(hist), acc=tuple(acc),
+                          logits=kept)
+
+    def centre_step(r: jax.Array, c: _Carry) -> _Carry:
+        """Centre step r of the frame; the per-centre-step chunks start and end around it."""
+        hist, acc, ssm = list(c.hist), list(c.acc), list(c.ssm)
+        for i in inner:
+            acc[i] = tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], ssm[i]))
+            hist[i] = tuple(jnp.zeros_like(h) for h in hist[i])
+        c = run_tier(depth, r, c._replace(hist=tuple(hist), acc=tuple(acc)))
+        ssm = list(c.ssm)
+        for i in inner:
+            ssm[i] = tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], ssm[i], c.hist[i]))
+        return c._replace(ssm=tuple(ssm))
 
     b = token.shape[0]
     carry = _Carry(
@@ -300,13 +340,25 @@ def frame_step(
         up=tuple(state.up),
         slots=tuple(jnp.swapaxes(d, 0, 1) for d in state.down),
         hist=tuple(
-            tuple(jnp.zeros((f // strides[i], b, x.shape[0]), x.dtype) for x in state.ssm[i]) for i in range(depth + 1)
+            tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i]) for i in range(depth + 1)
         ),
+        acc=tuple(
+            tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i])
+            if i in inner
+            else tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], state.ssm[i]))
+            for i in range(depth + 1)
+        ),
+        ssm=tuple(state.ssm),
         logits=jnp.zeros((f, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None,
     )
-    carry = run_tier(depth, jnp.int32(0), carry)
+    if reps == 1:
+        carry = centre_step(jnp.int32(0), carry)
+    else:
+        carry = jax.lax.fori_loop(0, reps, centre_step, carry)
     ssm = tuple(
-        tuple(advance(ch, x, carry.hist[i][l]) for l, (ch, x) in enumerate(zip(fcache.tiers[i], state.ssm[i])))
+        carry.ssm[i]
+        if i in inner
+        else tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], carry.ssm[i], carry.hist[i]))
         for i in range(depth + 1)
     )
     new = FrameState(
@@ -323,6 +375,7 @@ __all__ = [
     "FrameState",
     "LayerChunk",
     "chunk_of",
+    "chunk_steps",
     "frame_cache",
     "frame_step",
     "from_frame_state",

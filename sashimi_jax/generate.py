@@ -23,8 +23,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -200,9 +200,9 @@ def output_names(out: Path, n: int, base: str = "sample") -> list[str]:
     while True:
         prefix = base if k == 1 else f"{base}{k}"
         stems = [f"{prefix}_{i:0{width}d}" for i in range(n)]
-        if not any((out / f"{s}{ext}").exists() for s in stems for ext in (".wav", ".png")) and not (
-            out / "dropped"
-        ).joinpath(f"{stems[0]}.wav").exists():
+        taken = [out / f"{s}{ext}" for s in stems for ext in (".wav", ".png")]
+        taken += [out / "dropped" / p.name for p in taken] + [out / f"{prefix}_ranking.json"]
+        if not any(p.exists() for p in taken):
             return stems
         k += 1
 
@@ -278,7 +278,7 @@ def rank_keep(nll: Sequence[float], mode: str) -> list[int]:
         return list(range(n))
     if mode == "best":
         return order[:1]
-    drop_best, drop_worst = int(math.floor(0.05 * n)), int(math.floor(0.4 * n))
+    drop_best, drop_worst = math.floor(0.05 * n), math.floor(0.4 * n)
     kept = order[drop_best : n - drop_worst]
     return kept or order[:1]
 
@@ -312,7 +312,7 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     cfg = saved_config(workdir)
     req = resolve(req, cfg)
     rate = int(cfg.data.sample_rate)
-    total = int(round(req.seconds * rate))
+    total = round(req.seconds * rate)
     sampling = samplelib.check_sampling(req.temperature, req.top_p, req.top_k)
 
     prompt = None
@@ -335,13 +335,13 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     out = Path(req.out) if req.out else workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     stems = output_names(out, b)
-    chunk = max(model.frame, int(round(req.chunk_seconds * rate)))
+    chunk = max(1, round(req.chunk_seconds * rate))
+    gen = samplelib.Generator(model, sampling, chunk)
 
     t0 = time.time()
-    carry = samplelib.start(model, b, prompt)
+    carry = samplelib.start(model, b, prompt, frame=gen.frame)
     jax.block_until_ready(carry)
     prefill_s = time.time() - t0
-    gen = samplelib.Generator(model, sampling, chunk)
     keep_tokens = req.rank != "none"
     kept_chunks = [np.broadcast_to(prompt, (b, n_prompt)).astype(np.uint8)] if keep_tokens and n_prompt else []
     specs = [Spectrogram(total) for _ in range(b)] if req.spectrogram else []
@@ -366,7 +366,7 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
         )
         bar.set_postfix_str("compiling...")
         tick = time.time()
-        for toks, carry in gen.stream(carry, steps, req.seed):
+        for toks, _ in gen.stream(carry, steps, req.seed):
             now = time.time()
             if first_chunk_s is None:
                 first_chunk_s, first_n = now - tick, toks.shape[1]
@@ -420,6 +420,7 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
             ranking.append(entry)
         (out / f"{stems[0].rsplit('_', 1)[0]}_ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
         summary["ranking"] = ranking
+        summary["files"] = [str(out / e["file"]) for e in ranking if e["kept"]]
     return summary
 
 

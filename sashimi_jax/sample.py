@@ -1,7 +1,14 @@
 """Fast autoregressive sampling: temperature / top-k / nucleus sampling inside one compiled loop per chunk.
 
-A batch of B streams is generated frame by frame (F = prod(pool) = 16 samples per frame, see
-:mod:`sashimi_jax.fused`) inside one ``jax.lax.fori_loop`` per chunk; the host only sees finished chunks.
+A batch of B streams is generated frame by frame (F = reps x prod(pool) = 4 x 16 = 64 samples per frame,
+see :mod:`sashimi_jax.fused`) inside one ``jax.lax.fori_loop`` per chunk; the host only sees finished
+chunks. Usage::
+
+    gen = Generator(model, Sampling(temperature=0.8, top_p=0.95), chunk=16000)
+    carry = start(model, num_samples=4, prompt=tokens, frame=gen.frame)   # prompt: int (T,) or None
+    for toks, carry in gen.stream(carry, steps=160000, seed=0):          # toks: int32 (4, <= 16000)
+        ...
+    # or all at once: tokens, carry = generate(model, 4, steps=..., temperature=0.8, top_p=0.95, seed=0)
 
 Randomness is positional: the sample at position t of stream b uses the uniform number
 ``jax.random.uniform(fold_in(key(seed), t), (B,))[b]`` and is drawn by inverting the CDF of the
@@ -25,7 +32,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +45,14 @@ from sashimi_jax.mulaw import MU_LAW_ZERO
 from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 
 HIGHEST = jax.lax.Precision.HIGHEST
+
+
+DEFAULT_REPS = 4  # centre steps per compiled frame: frames of 4 x 16 = 64 samples (see fused.chunk_steps)
+
+
+def frame_size(model: SaShiMi, reps: int = DEFAULT_REPS) -> int:
+    """Samples per frame of the generation loop: reps x prod(pool) (64 by default)."""
+    return model.frame * int(reps)
 
 
 class SamplingError(ValueError):
@@ -234,7 +250,7 @@ def _prefill(graphdef, params, tokens):
     return nnx.merge(graphdef, params).prefill(tokens)[1]
 
 
-def start(model: SaShiMi, num_samples: int, prompt=None) -> GenCarry:
+def start(model: SaShiMi, num_samples: int, prompt=None, frame: int | None = None) -> GenCarry:
     """The carry before generating: after the prompt (computed in parallel mode), or at the start.
 
     Args:
@@ -242,11 +258,14 @@ def start(model: SaShiMi, num_samples: int, prompt=None) -> GenCarry:
       num_samples: B, the number of streams.
       prompt: None (start from the mu-law zero, as the reference), or int tokens (T,) shared by all
         streams (consumed once, at batch 1) or (B, T), T >= 1: samples 0..T-1 of every stream.
+      frame: the frame size of the generator that will continue (default :func:`frame_size`).
     Returns:
       :class:`GenCarry`; inputs 0..t0-1 (t0 = T rounded down to a frame) are consumed by
       :meth:`SaShiMi.prefill`, the rest (<= F) are kept as known inputs of the next frame.
     """
-    f, b = model.frame, int(num_samples)
+    f, b = frame_size(model) if frame is None else int(frame), int(num_samples)
+    if f % model.frame:
+        raise ValueError(f"frame {f} must be a multiple of prod(pool) = {model.frame}.")
     prompt = np.zeros((0,), np.int32) if prompt is None else np.asarray(prompt, np.int32)
     shared = prompt.ndim == 1
     if shared:
@@ -272,8 +291,8 @@ def start(model: SaShiMi, num_samples: int, prompt=None) -> GenCarry:
 # ---------------------------------------------------------------------------------- the loop
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames"))
-def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "reps"))
+def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames, reps):
     """Generate ``n_frames`` (<= max_frames, traced) whole frames from a frame boundary, in one fori_loop.
 
     Args:
@@ -282,12 +301,13 @@ def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *
         how many are known (outputs of the first frame that are known inputs are forced, not sampled).
       n_frames: int32 (). key: the PRNG key of the seed.
       sampling: :class:`Sampling`. max_frames: size of the output buffer (static).
+      reps: centre steps per frame (static): F = reps x prod(pool).
     Returns:
       outputs int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
       the state after the frames.
     """
     model = nnx.merge(graphdef, params)
-    f, b = model.frame, known.shape[0]
+    f, b = frame_size(model, reps), known.shape[0]
     temp, top_p, top_k = sampling
     if temp > 0:
         u_all = uniforms(key, state.t, max_frames * f, b).reshape(max_frames, f, b)
@@ -302,7 +322,7 @@ def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *
             forced = jax.lax.dynamic_index_in_dim(known, jnp.minimum(j + 1, f - 1), axis=1, keepdims=False)
             return jnp.where((i == 0) & (j + 1 < n_known), forced, drawn)
 
-        toks, fstate = fused.frame_step(model, fcache, fstate, token, choose)
+        toks, fstate = fused.frame_step(model, fcache, fstate, token, choose, reps=reps)
         out = jax.lax.dynamic_update_index_in_dim(out, toks, i, axis=0)
         return fstate, toks[-1], out
 
@@ -311,7 +331,9 @@ def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *
     return out.reshape(max_frames * f, b), fused.from_frame_state(fstate)
 
 
-_frame_cache = jax.jit(lambda graphdef, params: fused.frame_cache(nnx.merge(graphdef, params)), static_argnums=0)
+_frame_cache = jax.jit(
+    lambda graphdef, params, reps: fused.frame_cache(nnx.merge(graphdef, params), reps), static_argnums=(0, 2)
+)
 
 
 class Generator:
@@ -319,20 +341,24 @@ class Generator:
 
     ``gen.stream(carry, steps, seed)`` yields ``(tokens, carry)`` chunk by chunk: int32 (B, n) numpy new
     samples and the carry after them. Built once, reused across calls (compiles on first use).
+    ``reps``: centre steps per frame (frames of reps x prod(pool) samples; results do not depend on it).
     """
 
-    def __init__(self, model: SaShiMi, sampling: Sampling = Sampling(), chunk: int = 16000):
+    def __init__(
+        self, model: SaShiMi, sampling: Sampling | None = None, chunk: int = 16000, reps: int = DEFAULT_REPS
+    ):
         self.model = model
-        self.sampling = check_sampling(*sampling)
-        self.frame = model.frame
+        self.sampling = check_sampling(*(sampling or Sampling()))
+        self.reps = int(reps)
+        self.frame = frame_size(model, self.reps)
         self.max_frames = max(1, -(-int(chunk) // self.frame))
         self.graphdef, params = nnx.split(model)
         # one device, plain single-device arrays in and out (restored params may sit on a mesh): one compilation
         leaf = jax.tree.leaves(params)[0]
-        device = sorted(leaf.devices(), key=lambda d: d.id)[0] if hasattr(leaf, "devices") else jax.devices()[0]
+        device = min(leaf.devices(), key=lambda d: d.id) if hasattr(leaf, "devices") else jax.devices()[0]
         self.sharding = jax.sharding.SingleDeviceSharding(device)
         self.params = jax.device_put(params, self.sharding)
-        self.fcache = _frame_cache(self.graphdef, self.params)
+        self.fcache = _frame_cache(self.graphdef, self.params, self.reps)
 
     def _run(self, state, known, n_known, n_frames, key):
         state, known, n_known, n_frames, key = jax.device_put(
@@ -340,12 +366,14 @@ class Generator:
         )
         return run_frames(
             self.graphdef, self.params, self.fcache, state, known, n_known, n_frames, key,
-            sampling=self.sampling, max_frames=self.max_frames,
+            sampling=self.sampling, max_frames=self.max_frames, reps=self.reps,
         )
 
     def stream(self, carry: GenCarry, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, GenCarry]]:
         """Generate ``steps`` samples per stream from ``carry``, at most ``chunk`` (rounded up to frames) per yield."""
         f, key = self.frame, jax.random.key(int(seed))
+        if carry.known.shape[1] != f:
+            raise ValueError(f"carry made for frames of {carry.known.shape[1]} samples, this generator runs {f}.")
         remaining = int(steps)
         while remaining > 0:
             n_known = int(carry.n_known)
@@ -359,7 +387,7 @@ class Generator:
                 out, state = self._run(carry.state, carry.known, carry.n_known, committed, key)
                 outs.append(np.asarray(out)[: committed * f])
             if partial:
-                known = carry.known if not committed else jnp.asarray(_known_after(carry.known, outs, committed * f, f))
+                known = carry.known if not committed else jnp.asarray(_known_after(carry.known, outs[-1][-1]))
                 n_k = carry.n_known if not committed else jnp.asarray(1, jnp.int32)
                 out, _ = self._run(state, known, n_k, 1, key)
                 outs.append(np.asarray(out)[:f])
@@ -375,10 +403,10 @@ class Generator:
             yield outs[:, first : first + take].astype(np.int32), carry
 
 
-def _known_after(known, outs, rel, f):
-    """Known inputs at the boundary ``rel`` samples after t0: the last output before it, (B, F)."""
+def _known_after(known, last) -> np.ndarray:
+    """Known inputs (B, F) at a frame boundary: only the first, the output just before it (``last``, (B,))."""
     k = np.zeros_like(np.asarray(known))
-    k[:, 0] = outs[-1][rel - 1]
+    k[:, 0] = last
     return k
 
 
@@ -408,12 +436,12 @@ def generate(
     Returns:
       int32 (B, steps) new samples (the prompt is not repeated) and the carry after them.
     """
-    carry = start(model, num_samples, prompt) if carry is None else carry
     gen = Generator(model, check_sampling(temperature, top_p, top_k), chunk)
-    chunks = [np.zeros((num_samples, 0), np.int32)]
-    for toks, carry in gen.stream(carry, steps, seed):
+    carry = start(model, num_samples, prompt, frame=gen.frame) if carry is None else carry
+    chunks, end = [np.zeros((num_samples, 0), np.int32)], carry
+    for toks, end in gen.stream(carry, steps, seed):
         chunks.append(toks)
-    return np.concatenate(chunks, axis=1), carry
+    return np.concatenate(chunks, axis=1), end
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -456,6 +484,7 @@ __all__ = [
     "SamplingError",
     "check_sampling",
     "filtered_weights",
+    "frame_size",
     "generate",
     "greedy",
     "inverse_cdf",

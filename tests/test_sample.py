@@ -80,23 +80,24 @@ def stepped(model):
     return lambda tokens: run(params, jnp.asarray(tokens, jnp.int32))
 
 
-def test_frame_step_equals_step(model, stepped):
-    """Teacher-forced frames give the logits and the state of model.step (to float32 rounding)."""
-    b, length = 2, 96  # six frames: every tier runs and its pooled outputs are used
+@pytest.mark.parametrize("reps", [1, 4])
+def test_frame_step_equals_step(model, stepped, reps):
+    """Teacher-forced frames (of 1 or 4 centre steps) give the logits and the state of model.step."""
+    b, length = 2, 128  # 8 centre steps: every tier runs and its pooled outputs are used
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, length)), jnp.int32)
     graphdef, params = nnx.split(model)
 
     @jax.jit
     def by_frames(params, tokens):
         m = nnx.merge(graphdef, params)
-        fc = fused.frame_cache(m)
-        f = m.frame
+        fc = fused.frame_cache(m, reps)
+        f = m.frame * reps
 
         def body(fs, tk):  # tk (F, B): the frame's inputs; choose feeds them (teacher forcing)
             def choose(j, lg):
                 return jax.lax.dynamic_index_in_dim(tk, jnp.minimum(j + 1, f - 1), keepdims=False)
 
-            _, fs, logits = fused.frame_step(m, fc, fs, tk[0], choose, return_logits=True)
+            _, fs, logits = fused.frame_step(m, fc, fs, tk[0], choose, reps=reps, return_logits=True)
             return fs, logits
 
         fs, lg = jax.lax.scan(body, fused.to_frame_state(m.init_state(b)), tokens.T.reshape(-1, f, b))
@@ -159,6 +160,22 @@ def test_greedy_generation_is_the_parallel_argmax(model):
     clear = top2[..., 1] - top2[..., 0] > 1e-3
     assert clear.mean() > 0.99
     np.testing.assert_array_equal(tokens[clear], np.argmax(logits, axis=-1)[clear])
+
+
+def test_sampling_follows_the_positional_uniforms(model):
+    """generate() draws sample t from model.step's logits with uniform row t of fold_in(key(seed), t):
+    a plain step-by-step loop with sample_logits gives the same tokens (settings of the test below)."""
+    b, n, kw = 3, 40, {"temperature": 0.8, "top_p": 0.95}
+    tokens, _ = sample.generate(model, b, steps=n, seed=7, chunk=4800, **kw)
+    cache = model.step_cache()
+    step = jax.jit(lambda tk, s: model.step(tk, s, cache))
+    draw = jax.jit(lambda lg, u: sample.sample_logits(lg, u, **kw))
+    state, tok, ref = model.init_state(b), jnp.full((b,), mulaw.MU_LAW_ZERO, jnp.int32), []
+    for t in range(n):
+        logits, state = step(tok, state)
+        tok = draw(logits, sample.uniforms(jax.random.key(7), t, 1, b)[0])
+        ref.append(np.asarray(tok))
+    np.testing.assert_array_equal(tokens, np.stack(ref, axis=1))
 
 
 def test_greedy_is_first_argmax():
@@ -258,14 +275,15 @@ def test_bad_sampling_settings_are_refused(kwargs):
 
 
 def test_prefill_carry_equals_stepping(model, stepped):
-    """start() with a prompt of a non-frame length (101): the state at the frame boundary (96) equals
-    stepping the inputs, and the leftover prompt samples are kept as known inputs."""
-    prompt = np.random.default_rng(2).integers(0, 256, 101).astype(np.int32)
+    """start() with a prompt of a non-frame length (133; frames of 64): the state at the frame boundary
+    (128) equals stepping the inputs, and the leftover prompt samples are kept as known inputs."""
+    prompt = np.random.default_rng(2).integers(0, 256, 133).astype(np.int32)
     carry = sample.start(model, 2, prompt)
-    inputs = np.concatenate([shifted(prompt[None])[0], prompt[-1:]])  # inputs 0..101
-    assert int(carry.state.t) == 96 and int(carry.n_known) == 6 and carry.position() == 101
-    np.testing.assert_array_equal(np.asarray(carry.known)[:, :6], np.tile(inputs[96:102], (2, 1)))
-    _, state = stepped(np.tile(inputs[:96], (2, 1)))
+    assert carry.known.shape == (2, 64) == (2, sample.frame_size(model))
+    inputs = np.concatenate([shifted(prompt[None])[0], prompt[-1:]])  # inputs 0..133
+    assert int(carry.state.t) == 128 and int(carry.n_known) == 6 and carry.position() == 133
+    np.testing.assert_array_equal(np.asarray(carry.known)[:, :6], np.tile(inputs[128:134], (2, 1)))
+    _, state = stepped(np.tile(inputs[:128], (2, 1)))
     for a, c in zip(jax.tree.leaves(carry.state), jax.tree.leaves(state)):
         np.testing.assert_allclose(a, c, atol=2e-4)
 
@@ -274,7 +292,7 @@ def test_continuing_equals_one_long_call(model):
     """3 s + 3 s from the returned carry == 6 s at once (same seed); also across odd split points
     (mid-frame) after a prompt of a non-frame length. (Same batch, settings and chunk as the CLI test
     below, so that its subprocess finds this compilation in the shared cache.)"""
-    kw = dict(temperature=0.8, top_p=0.95, seed=7, chunk=4800)
+    kw = {"temperature": 0.8, "top_p": 0.95, "seed": 7, "chunk": 4800}
     whole, end = sample.generate(model, 3, steps=96000, **kw)
     first, carry = sample.generate(model, 3, steps=48000, **kw)
     second, end2 = sample.generate(model, 3, steps=48000, carry=carry, **kw)
