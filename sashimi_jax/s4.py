@@ -352,14 +352,15 @@ class S4(nnx.Module):
     def discrete(self) -> Discrete:
         """Discretise once (outside any step loop): see :class:`Discrete`."""
         lam, p, b, c, dt = self.ssm()
+        bbar = discrete_b(lam, p, b, dt)
         return Discrete(
             a=real_transition(lam, p, dt),
-            b=to_real(discrete_b(lam, p, b, dt)),
+            b=to_real(bbar),
             c=readout_real(c),
             d=self.d[...],
             lam=lam,
             p=p,
-            bbar=discrete_b(lam, p, b, dt),
+            bbar=bbar,
             dt=dt,
         )
 

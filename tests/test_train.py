@@ -389,6 +389,15 @@ def wait_for_checkpoint(proc: subprocess.Popen, workdir: Path, step: int, timeou
         time.sleep(0.02)
 
 
+def latest_checkpoint(workdir: Path) -> int | None:
+    """The newest checkpoint step in a workdir, read without changing it."""
+    mgr = ckpt.open_manager(workdir, read_only=True)
+    try:
+        return mgr.latest_step()
+    finally:
+        mgr.close()
+
+
 def rerun_to_end(env, workdir: Path) -> str:
     res = run_cli([TRAIN_CLI, *cli_flags(env, f"train.num_steps={REF_STEPS}"), "--workdir", str(workdir)], timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -403,9 +412,7 @@ def test_kill9_then_rerun_is_bit_identical(env, reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    mgr = ckpt.open_manager(workdir, read_only=True)
-    killed_at = mgr.latest_step()
-    mgr.close()
+    killed_at = latest_checkpoint(workdir)
     assert 10 <= killed_at < REF_STEPS
     rerun_to_end(env, workdir)
     step, params = load_params(workdir)
@@ -431,9 +438,7 @@ def test_sigterm_writes_checkpoint_and_resumes(env, reference, tmp_path):
     assert "stopped by SIGTERM at step" in out
     stopped = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert 10 <= stopped < REF_STEPS
-    mgr = ckpt.open_manager(workdir, read_only=True)
-    assert mgr.latest_step() == stopped  # a checkpoint of exactly the step it stopped at
-    mgr.close()
+    assert latest_checkpoint(workdir) == stopped  # a checkpoint of exactly the step it stopped at
     assert not list((workdir / "checkpoints").glob("*tmp*"))  # complete, no temporary directory left
     rerun_to_end(env, workdir)
     assert_same_params(load_params(workdir)[1], reference[1])
