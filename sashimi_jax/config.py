@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.dt_max = 0.1  # upper bound of the log-uniform init of the S4 step size dt
     m.glu = True  # S4 block output: Linear(H, 2H) + GLU (reference default) instead of Linear(H, H)
     m.dropout = 0.0  # dropout after the S4 activation and inside FF blocks (reference: 0.0)
-    m.remat = False  # recompute each (S4, FF) pair in the backward pass: far less memory, ~25% more compute
+    m.remat = True  # recompute each (S4, FF) pair in the backward pass: a few GiB at 131072 samples, same speed on CPU
     m.n_classes = 256  # vocabulary: 8-bit mu-law -> 256 classes (input embedding and output head)
 
     # ---------------------------------------------------------------- data

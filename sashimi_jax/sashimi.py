@@ -128,10 +128,46 @@ def block_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax
     return x if ff_block is None else ff_block(x)
 
 
-def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
-    """:func:`block_pair` under ``jax.checkpoint``: the backward pass recomputes the pair's activations.
+def after(tree, g: jax.Array):
+    """``tree`` unchanged in value, but computable only once ``g`` is: every leaf plus min(|g_0|, 0).
 
-    The modules are split into a static graph and parameter leaves so that the checkpointed function is
+    The added scalar is 0 for finite g (NaN when g is NaN, which the gradient would be anyway); XLA does
+    not fold it away, so it orders whatever consumes the result after whatever produces g.
+    """
+    zero = jnp.minimum(jnp.abs(g.reshape(-1)[0]), 0.0)
+    return jax.tree.map(lambda a: a + zero.astype(a.dtype), tree)
+
+
+def recompute_in_backward(fn):
+    """Rematerialise ``fn(params, x)``: keep only its arguments, recompute its activations in the backward pass.
+
+    Unlike a plain ``jax.checkpoint``, the recomputation takes a data dependency on the incoming cotangent
+    (:func:`after`), so XLA cannot schedule it early. XLA's CPU backend drops ``optimization_barrier``
+    before it schedules, and with ``jax.checkpoint`` it recomputed every pair of a tier during the forward
+    pass, so the peak memory stayed as high as it was without rematerialisation. With the dependency,
+    one pair's activations are alive at a time.
+    """
+
+    @jax.custom_vjp
+    def run(params, x):
+        return fn(params, x)
+
+    def fwd(params, x):
+        return fn(params, x), (params, x)
+
+    def bwd(saved, g):
+        params, x = after(saved, g)
+        _, vjp = jax.vjp(fn, params, x)
+        return vjp(g)
+
+    run.defvjp(fwd, bwd)
+    return run
+
+
+def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
+    """:func:`block_pair` rematerialised (:func:`recompute_in_backward`): the backward pass recomputes it.
+
+    The modules are split into a static graph and parameter leaves so that the recomputed function is
     pure (nothing is written back: the pair is stateless when dropout is 0, which the config enforces).
     """
     graphdef, state = nnx.split((s4_block, ff_block))
@@ -139,7 +175,7 @@ def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax
     def pure(state, x):
         return block_pair(*nnx.merge(graphdef, state), x)
 
-    return jax.checkpoint(pure)(state, x)
+    return recompute_in_backward(pure)(state, x)
 
 
 class Tier(nnx.Module):

@@ -177,3 +177,23 @@ def test_remat_gives_the_same_loss_and_gradients():
 def test_remat_with_dropout_is_refused():
     with pytest.raises(sj.ConfigError, match="model.remat needs model.dropout = 0"):
         sj.load_config(config_path("demo"), ["model.remat=True", "model.dropout=0.1"])
+
+
+def test_remat_lowers_the_compiled_peak_memory():
+    """model.remat keeps one pair's activations alive at a time: XLA's own buffer plan for the gradient
+    needs far less scratch memory (a plain jax.checkpoint did not lower it on the CPU backend)."""
+    temp = {}
+    for remat in (False, True):
+        cfg = sj.load_config(
+            config_path("demo"), [f"model.remat={remat}", "model.d_model=16", "model.d_state=16", "model.n_layers=3"]
+        )
+        model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        tokens = jnp.zeros((1, 16384), jnp.int32)
+
+        def loss(params):
+            return jnp.mean(nnx.merge(graphdef, params, rest)(tokens) ** 2)
+
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp[True] < 0.5 * temp[False], temp
