@@ -2,11 +2,14 @@
 
   python benchmarks/generate_throughput.py [--configs bigband_2layer,bigband_8layer] [--batches 1,16,64]
                                            [--samples 8192] [--repeats 3] [--prompt_seconds 8]
-                                           [--temp 1.0] [--top_p 1.0] [--top_k 0] [--out FILE]
+                                           [--temp 1.0] [--top_p 1.0] [--top_k 0] [--cpu_devices N]
+                                           [--out FILE]
 
 For every (config, batch) case, in a fresh subprocess (separate memory), with random initial weights:
 
-* ``compile_s``: ahead-of-time compilation of the chunk program (sashimi_jax.sample.run_frames);
+* ``compile_s``: ahead-of-time compilation of the chunk program (sashimi_jax.sample.run_frames), split
+  over the devices that divide the batch (``devices``; on a CPU one device per core, as
+  ``experiments/generate.py`` does, unless ``--cpu_devices`` says otherwise);
 * ``samples_per_s_per_stream`` (best of ``--repeats`` timed runs of ``--samples`` samples per stream after
   one warm-up run) and ``aggregate_samples_per_s`` = batch x that; ``median_*`` likewise;
   ``real_time_factor`` = per-stream rate / 16000 (> 1: faster than real time);
@@ -57,18 +60,15 @@ def run_case(
     frames = gen.max_frames
     carry = sample.start(model, batch, frame=gen.frame)
     key = jax.random.key(0)
-    args = jax.device_put(
-        (carry.state, carry.known, carry.n_known, jnp.asarray(frames, jnp.int32), key), gen.sharding
-    )
+    fn, consts, place = gen.program(batch)  # the batch split over the devices that divide it
+    args = place((carry.state, carry.known, carry.n_known, jnp.asarray(frames, jnp.int32), key))
     t0 = time.perf_counter()
-    compiled = sample.run_frames.lower(
-        gen.graphdef, gen.params, gen.fcache, *args, sampling=s, max_frames=frames, reps=gen.reps
-    ).compile()
+    compiled = fn.lower(*consts, *args).compile()
     compile_s = time.perf_counter() - t0
 
     def once() -> float:
         t = time.perf_counter()
-        out = compiled(gen.params, gen.fcache, *args)
+        out = compiled(*consts, *args)
         jax.block_until_ready(out)
         return time.perf_counter() - t
 
@@ -88,6 +88,7 @@ def run_case(
         "real_time_factor": round(best / RATE, 3),
         "sampling": s._asdict(),
         "frame_samples": gen.frame,
+        "devices": f"{len(jax.tree.leaves(args[1])[0].devices())} x {gen.devices[0].device_kind}",
     }
     ref = REFERENCE.get((config, batch))
     if ref:
@@ -117,11 +118,15 @@ def main() -> None:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--reps", type=int, default=0, help="centre steps per compiled frame (0 = the library default)")
+    p.add_argument("--cpu_devices", type=int, default=0, help="CPU devices to split a batch over (0 = one per core)")
     p.add_argument("--out", default="", help="also write the JSON here")
     p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: config:batch, run in-process
     a = p.parse_args()
     sampling = [a.temp, a.top_p, a.top_k]
     if a.case:
+        from sashimi_jax import cli
+
+        cli.cpu_devices(a.cpu_devices or None)  # as experiments/generate.py: a CPU device per core
         config, batch = a.case.split(":")
         from sashimi_jax.sample import DEFAULT_REPS
 
@@ -138,6 +143,7 @@ def main() -> None:
                 sys.executable, __file__, "--case", f"{config}:{batch}", "--samples", str(samples),
                 "--repeats", str(a.repeats), "--prompt_seconds", str(a.prompt_seconds),
                 "--temp", str(a.temp), "--top_p", str(a.top_p), "--top_k", str(a.top_k), "--reps", str(a.reps),
+                "--cpu_devices", str(a.cpu_devices),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -52,6 +52,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags look like --seconds=4.", code=2)
     cli.quiet_logs()
+    cli.cpu_devices()  # a CPU device per core: a batch of streams is split across the cores
     from sashimi_jax import checkpoint, data
     from sashimi_jax import generate as genlib
     from sashimi_jax.config import ConfigError

@@ -99,3 +99,23 @@ def enable_compile_cache(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def cpu_devices(count: int | None = None) -> None:
+    """Make one JAX CPU device per core, so that generation splits a batch of streams across the cores.
+
+    A sample-by-sample loop runs on one core per device; with a device per core,
+    :class:`sashimi_jax.sample.Generator` runs each core's share of the streams side by side. This must run
+    before JAX initialises its backends, and it does nothing when the user has already chosen a count
+    (``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or the
+    backends are already up. GPU devices are unaffected.
+    """
+    import jax
+
+    if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    count = count or len(os.sched_getaffinity(0))
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+    except RuntimeError:  # backends already initialised: keep what is there
+        pass

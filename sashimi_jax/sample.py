@@ -14,6 +14,8 @@ Randomness is positional: the sample at position t of stream b uses the uniform 
 ``jax.random.uniform(fold_in(key(seed), t), (B,))[b]`` and is drawn by inverting the CDF of the
 (filtered, tempered) distribution, so one uniform per stream and sample suffices, and a generation split
 into several calls (continuing from the returned :class:`GenCarry`) equals one long call with the same seed.
+With several devices (on a CPU: one per core, ``sashimi_jax.cli.cpu_devices``) the batch is split among
+them, each looping over its own streams with the same uniforms as a single device would use.
 
 Positions count model inputs: input 0 is the mu-law zero 128, input t + 1 is sample t, and sample t is
 drawn from the logits after input t. With a prompt p_0..p_{T-1}, samples 0..T-1 are the prompt and
@@ -291,8 +293,10 @@ def start(model: SaShiMi, num_samples: int, prompt=None, frame: int | None = Non
 # ---------------------------------------------------------------------------------- the loop
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "reps"))
-def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames, reps):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "reps", "shards"))
+def run_frames(
+    graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames, reps, shards=1
+):
     """Generate ``n_frames`` (<= max_frames, traced) whole frames from a frame boundary, in one fori_loop.
 
     Args:
@@ -302,6 +306,9 @@ def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *
       n_frames: int32 (). key: the PRNG key of the seed.
       sampling: :class:`Sampling`. max_frames: size of the output buffer (static).
       reps: centre steps per frame (static): F = reps x prod(pool).
+      shards: 1, or the size of the "data" mesh axis when this runs under ``shard_map`` on one slice of
+        the batch (streams b_0 .. b_0 + B - 1 of B x shards): the uniforms are those of the whole batch,
+        so the result does not depend on how the batch is split.
     Returns:
       outputs int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
       the state after the frames.
@@ -310,7 +317,10 @@ def run_frames(graphdef, params, fcache, state, known, n_known, n_frames, key, *
     f, b = frame_size(model, reps), known.shape[0]
     temp, top_p, top_k = sampling
     if temp > 0:
-        u_all = uniforms(key, state.t, max_frames * f, b).reshape(max_frames, f, b)
+        u_all = uniforms(key, state.t, max_frames * f, b * shards)
+        if shards > 1:
+            u_all = jax.lax.dynamic_slice_in_dim(u_all, jax.lax.axis_index("data") * b, b, axis=1)
+        u_all = u_all.reshape(max_frames, f, b)
 
     def body(i, carry):
         fstate, token, out = carry
@@ -337,15 +347,24 @@ _frame_cache = jax.jit(
 
 
 class Generator:
-    """Compiled generation for one model, batch size, sampling setting and chunk size.
+    """Compiled generation for one model, sampling setting and chunk size.
 
     ``gen.stream(carry, steps, seed)`` yields ``(tokens, carry)`` chunk by chunk: int32 (B, n) numpy new
-    samples and the carry after them. Built once, reused across calls (compiles on first use).
+    samples and the carry after them. Built once, reused across calls (compiles on first use per batch size).
     ``reps``: centre steps per frame (frames of reps x prod(pool) samples; results do not depend on it).
+    ``devices``: the devices a batch is split over (default: every local device of the parameters' platform;
+    on a CPU, ``sashimi_jax.cli.cpu_devices`` makes one device per core). A batch of B streams runs on the
+    largest number of them that divides B, each device looping over its own streams with no communication
+    (``shard_map``); the samples do not depend on the split.
     """
 
     def __init__(
-        self, model: SaShiMi, sampling: Sampling | None = None, chunk: int = 16000, reps: int = DEFAULT_REPS
+        self,
+        model: SaShiMi,
+        sampling: Sampling | None = None,
+        chunk: int = 16000,
+        reps: int = DEFAULT_REPS,
+        devices: list | None = None,
     ):
         self.model = model
         self.sampling = check_sampling(*(sampling or Sampling()))
@@ -353,21 +372,55 @@ class Generator:
         self.frame = frame_size(model, self.reps)
         self.max_frames = max(1, -(-int(chunk) // self.frame))
         self.graphdef, params = nnx.split(model)
-        # one device, plain single-device arrays in and out (restored params may sit on a mesh): one compilation
-        leaf = jax.tree.leaves(params)[0]
-        device = min(leaf.devices(), key=lambda d: d.id) if hasattr(leaf, "devices") else jax.devices()[0]
-        self.sharding = jax.sharding.SingleDeviceSharding(device)
+        if devices is None:
+            leaf = jax.tree.leaves(params)[0]
+            first = min(leaf.devices(), key=lambda d: d.id) if hasattr(leaf, "devices") else jax.devices()[0]
+            devices = [first, *(d for d in jax.local_devices(backend=first.platform) if d != first)]
+        self.devices = list(devices)
+        # plain single-device arrays for one device (restored params may sit on a training mesh)
+        self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
         self.fcache = _frame_cache(self.graphdef, self.params, self.reps)
+        self._programs: dict[int, tuple] = {}
+
+    def program(self, batch: int):
+        """What runs a batch of ``batch`` streams: ``(fn, constants, place)``.
+
+        ``fn(*constants, *place((state, known, n_known, n_frames, key)))`` is :func:`run_frames` (jitted,
+        the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``.
+        """
+        n = max(d for d in range(1, len(self.devices) + 1) if batch % d == 0)
+        if n not in self._programs:
+            static = dict(sampling=self.sampling, max_frames=self.max_frames, reps=self.reps)
+            if n == 1:
+                fn = jax.jit(functools.partial(run_frames, self.graphdef, **static))
+                self._programs[1] = (fn, (self.params, self.fcache), lambda args: jax.device_put(args, self.sharding))
+            else:
+                mesh = jax.sharding.Mesh(np.array(self.devices[:n]), ("data",))
+                P = jax.sharding.PartitionSpec
+                spec = lambda x: P() if jnp.ndim(x) == 0 else P("data")  # noqa: E731  batch = leading axis
+                state_spec = jax.tree.map(spec, self.model.init_state(n))
+                local = functools.partial(run_frames, self.graphdef, **static, shards=n)
+                fn = jax.jit(
+                    jax.shard_map(
+                        local,
+                        mesh=mesh,
+                        in_specs=(P(), P(), state_spec, P("data"), P(), P(), P()),
+                        out_specs=(P(None, "data"), state_spec),
+                        check_vma=False,
+                    )
+                )
+                shardings = lambda tree: jax.tree.map(  # noqa: E731
+                    lambda x: jax.sharding.NamedSharding(mesh, spec(x)), tree
+                )
+                rep = jax.sharding.NamedSharding(mesh, P())
+                consts = jax.device_put((self.params, self.fcache), rep)
+                self._programs[n] = (fn, consts, lambda args: jax.device_put(args, shardings(args)))
+        return self._programs[n]
 
     def _run(self, state, known, n_known, n_frames, key):
-        state, known, n_known, n_frames, key = jax.device_put(
-            (state, known, n_known, jnp.asarray(n_frames, jnp.int32), key), self.sharding
-        )
-        return run_frames(
-            self.graphdef, self.params, self.fcache, state, known, n_known, n_frames, key,
-            sampling=self.sampling, max_frames=self.max_frames, reps=self.reps,
-        )
+        fn, consts, place = self.program(known.shape[0])
+        return fn(*consts, *place((state, known, n_known, jnp.asarray(n_frames, jnp.int32), key)))
 
     def stream(self, carry: GenCarry, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, GenCarry]]:
         """Generate ``steps`` samples per stream from ``carry``, at most ``chunk`` (rounded up to frames) per yield."""

@@ -309,6 +309,63 @@ def test_continuing_equals_one_long_call(model):
     assert (other != ref).mean() > 0.5  # the seed matters
 
 
+SPLIT_SCRIPT = r"""
+import json, sys
+import jax
+import numpy as np
+from flax import nnx
+from sashimi_jax import load_config, sample
+from sashimi_jax.sashimi import SaShiMi
+
+assert jax.device_count() == 2, jax.devices()
+model = SaShiMi(load_config(sys.argv[1], sys.argv[2:]).model, rngs=nnx.Rngs(1))
+model.head.kernel[...] = model.head.kernel[...] * 8.0  # as the model fixture: no near-ties for greedy
+prompt = np.random.default_rng(0).integers(0, 256, 100)
+results = {}
+for temp in (0.0, 0.9):
+    for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
+        gen = sample.Generator(model, sample.check_sampling(temp, 0.9, 0), chunk=1024, devices=devices)
+        carry = sample.start(model, 4, prompt, frame=gen.frame)
+        chunks = []
+        for toks, carry in gen.stream(carry, 2500, seed=3):
+            chunks.append(toks)
+        placed = gen.program(4)[2]((carry.known,))[0]
+        results[f"{name}_{temp}"] = {
+            "tokens": np.concatenate(chunks, axis=1).tolist(),
+            "state": [np.asarray(x).tolist() for x in jax.tree.leaves(carry.state)],
+            "devices": len(placed.devices()),
+        }
+print(json.dumps(results))
+"""
+
+
+def test_splitting_the_batch_over_devices_changes_nothing():
+    """Two CPU devices, each looping over half the streams (shard_map), generate what one device does.
+
+    Greedy: the same tokens and state over 2,500 samples. Sampled: the same uniforms reach the same streams,
+    so the samples agree too -- up to float32 rounding (different matrix shapes), which can flip a token
+    whose uniform lands within rounding of a CDF boundary and let the stream wander off after it; the first
+    256 samples of every stream are compared (a wrong split of the uniforms would differ at once).
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SPLIT_SCRIPT, DEMO, *TINY], capture_output=True, text=True, timeout=300, env=env,
+        cwd=REPO, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, two = res["one_0.0"], res["two_0.0"]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert np.asarray(one["tokens"]).shape == (4, 2500)
+    np.testing.assert_array_equal(one["tokens"], two["tokens"])
+    for a, b in zip(one["state"], two["state"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    sampled_one, sampled_two = np.asarray(res["one_0.9"]["tokens"]), np.asarray(res["two_0.9"]["tokens"])
+    np.testing.assert_array_equal(sampled_one[:, :256], sampled_two[:, :256])
+    assert len(set(sampled_two[:, :256].ravel().tolist())) > 20  # really sampled
+    assert (sampled_two[:, :256] != np.asarray(two["tokens"])[:, :256]).mean() > 0.5  # not the greedy path
+
+
 # --------------------------------------------------------------------------------------- the CLI
 
 
