@@ -2,7 +2,7 @@
 
   python benchmarks/train_throughput.py [--quick] [--configs bigband_2layer,bigband_8layer]
                                         [--lengths 16000,131072] [--batch_size 1] [--steps 3]
-                                        [--set model.remat=True ...]
+                                        [--set model.remat=False ...] [--out FILE]
 
 Every (config, length) case runs in a fresh subprocess, so peaks are separate and a case that runs out of
 memory cannot take the others down. Each case compiles the jitted step (compile time reported apart), runs
@@ -154,6 +154,7 @@ def main(argv=None) -> None:
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--max_rss_gb", type=float, default=20.0, help="kill a case whose RSS passes this")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    p.add_argument("--out", default="", help="also write the JSON here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -171,7 +172,10 @@ def main(argv=None) -> None:
                 r["reference_pytorch"] = ref
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-    print(json.dumps({"results": results}, indent=1))
+    text = json.dumps({"results": results}, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
