@@ -405,12 +405,18 @@ def rerun_to_end(env, workdir: Path) -> str:
     return res.stdout
 
 
+def interrupt_training(env, workdir: Path, sig: int):
+    """Start the training CLI, send ``sig`` once it has written the checkpoint of step 10, wait for the exit."""
+    proc, log = start_training(env, workdir)
+    wait_for_checkpoint(proc, workdir, 10)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc, log
+
+
 def test_kill9_then_rerun_is_bit_identical(env, reference, tmp_path):
     workdir = tmp_path / "killed"
-    proc, _ = start_training(env, workdir)
-    wait_for_checkpoint(proc, workdir, 10)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc, _ = interrupt_training(env, workdir, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     killed_at = latest_checkpoint(workdir)
     assert 10 <= killed_at < REF_STEPS
@@ -429,10 +435,7 @@ def test_kill9_then_rerun_is_bit_identical(env, reference, tmp_path):
 
 def test_sigterm_writes_checkpoint_and_resumes(env, reference, tmp_path):
     workdir = tmp_path / "term"
-    proc, log = start_training(env, workdir)
-    wait_for_checkpoint(proc, workdir, 10)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    proc, log = interrupt_training(env, workdir, signal.SIGTERM)
     out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
     assert "stopped by SIGTERM at step" in out
