@@ -88,7 +88,7 @@ def run_case(
         "real_time_factor": round(best / RATE, 3),
         "sampling": s._asdict(),
         "frame_samples": gen.frame,
-        "devices": f"{len(jax.tree.leaves(args[1])[0].devices())} x {gen.devices[0].device_kind}",
+        "devices": f"{len(args[1].devices())} x {gen.devices[0].device_kind}",  # args[1]: known, (B, F)
     }
     ref = REFERENCE.get((config, batch))
     if ref:
