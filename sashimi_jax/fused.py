@@ -46,12 +46,12 @@ HIGHEST = jax.lax.Precision.HIGHEST
 class LayerChunk(NamedTuple):
     """One S4 layer's recurrence, F steps at a time (float32; H channels, N real state coordinates).
 
-    Fields:
-      free: (H, F, N) row j = C_h A^(j+1): output j's dependence on the state at the chunk start.
-      kern: (F, H) kern[m] = C_h A^m B (+ D_h at m = 0): output j's dependence on input j - m.
+    Fields (A, B of channel h written A_h, B_h):
+      free: (H, F, N) row j = C_h A_h^(j+1): output j's dependence on the state at the chunk start.
+      kern: (F, H) kern[m] = C_h A_h^m B_h (+ D_h at m = 0): output j's dependence on input j - m.
       toeplitz_t: (F, F, H) toeplitz_t[k, j] = kern[j - k] for k <= j, else 0: input k's effect on output j.
-      a_pow: (N, N) (A^F)^T, so that x_F = x_0 @ a_pow + ... for row-vector states.
-      b_pow: (F, N) row k = (A^(F-1-k) B)^T: input k's contribution to the state after the chunk.
+      a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
+      b_pow: (H, F, N) row k = (A_h^(F-1-k) B_h)^T: input k's contribution to the state after the chunk.
     """
 
     free: jax.Array
@@ -102,20 +102,26 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
     """The :class:`LayerChunk` of a discretised layer for ``steps`` (F) steps per chunk.
 
     Args:
-      disc: :meth:`sashimi_jax.s4.S4.discrete` (a (N, N), b (N,), c (H, N), d (H,), float32).
+      disc: :meth:`sashimi_jax.s4.S4.discrete` (a (H, N, N), b (H, N), c (H, N), d (H,), float32).
       steps: F >= 1, a Python int.
     """
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
-    pows = [jnp.eye(a.shape[0], dtype=a.dtype)]  # A^0 .. A^F
+    pows = [jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)]  # A^0 .. A^F, (H, N, N) each
     for _ in range(steps):
         pows.append(jnp.matmul(a, pows[-1], precision=HIGHEST))
-    pows = jnp.stack(pows)
-    free = jnp.einsum("hm,jmn->hjn", c, pows[1:], precision=HIGHEST)
-    impulse = jnp.einsum("jmn,n->jm", pows[:steps], b, precision=HIGHEST)  # (F, N): A^m B
-    kern = jnp.einsum("hn,jn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
+    pows = jnp.stack(pows)  # (F + 1, H, N, N)
+    free = jnp.einsum("hm,jhmn->hjn", c, pows[1:], precision=HIGHEST)
+    impulse = jnp.einsum("jhmn,hn->jhm", pows[:steps], b, precision=HIGHEST)  # (F, H, N): A^m B
+    kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
     lag = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # [k, j] = j - k
     toeplitz_t = jnp.where((lag >= 0)[..., None], kern[np.maximum(lag, 0)], 0.0)
-    return LayerChunk(free=free, kern=kern, toeplitz_t=toeplitz_t, a_pow=pows[steps].T, b_pow=impulse[::-1])
+    return LayerChunk(
+        free=free,
+        kern=kern,
+        toeplitz_t=toeplitz_t,
+        a_pow=jnp.swapaxes(pows[steps], -1, -2),
+        b_pow=jnp.swapaxes(impulse[::-1], 0, 1),
+    )
 
 
 def tier_strides(model: SaShiMi) -> tuple[int, ...]:
@@ -194,14 +200,14 @@ def free_response(chunk: LayerChunk, x: jax.Array) -> jax.Array:
 
 def advance(chunk: LayerChunk, x: jax.Array, inputs) -> jax.Array:
     """State after the chunk: x (H, B, N) and the F inputs, (F, B, H) or a list of (B, H) -> (H, B, N)."""
-    h, b, n = x.shape
+    n = x.shape[-1]
     inputs = jnp.stack(inputs, axis=0) if isinstance(inputs, (list, tuple)) else inputs
-    u = jnp.transpose(inputs, (2, 1, 0)).reshape(h * b, -1)  # (H B, F)
-    # x + (x (A^F - I) + U B_pow): the last op is elementwise on x, so XLA updates the loop-carried
-    # state in place instead of copying it
-    delta = jnp.matmul(x.reshape(h * b, n), chunk.a_pow - jnp.eye(n, dtype=x.dtype), precision=HIGHEST)
+    u = jnp.transpose(inputs, (2, 1, 0))  # (H, B, F)
+    # x + (x (A^F - I) + U B_pow), one batched product per channel: the last op is elementwise on x, so
+    # XLA updates the loop-carried state in place instead of copying it
+    delta = jnp.matmul(x, chunk.a_pow - jnp.eye(n, dtype=x.dtype), precision=HIGHEST)
     delta = delta + jnp.matmul(u, chunk.b_pow, precision=HIGHEST)
-    return x + delta.reshape(h, b, n)
+    return x + delta
 
 
 # --------------------------------------------------------------------------------- the frame

@@ -5,17 +5,18 @@ One equation per function, in the order a sample meets them:
 * :func:`hippo_legs` -- the continuous HiPPO-LegS matrices (A, B).
 * :func:`legs_dplr` -- their normal-plus-low-rank form brought to DPLR: A = V (Lambda - P P^*) V^*.
 * :func:`conj_expand` -- the N/2 stored modes plus their complex conjugates (the full N-dim system).
-* :func:`discretize` -- bilinear discretisation, A_bar and B_bar, via the Woodbury identity.
-* :func:`real_transition` -- A_bar as a real (N, N) matrix acting on [Re x, Im x].
-* :func:`c_tilde` -- C~ = C (I - A_bar^L), the correction that makes the generating function exact for length L.
-* :func:`dplr_kernel` -- the length-L convolution kernel from the Cauchy/Woodbury generating function at the
-  roots of unity and an inverse FFT.
+* :func:`apply_bilinear` / :func:`discrete_b` -- bilinear discretisation, A_bar x and B_bar, in O(N) per channel
+  via the Woodbury identity (A = Lambda - P P^* is diagonal plus low rank).
+* :func:`real_transition` -- each channel's A_bar as a real (N, N) matrix acting on [Re x, Im x].
+* :func:`ssm_kernel` -- the length-L convolution kernel C A_bar^k B_bar in blocks: matrix powers by doubling and
+  one batched matrix product (:func:`block_split`).
 * :func:`causal_conv` -- y = K * u (causal, by FFT) + D u.
-* :func:`step_linear` / :func:`step_dense` -- one recurrent step, O(N) per channel or one shared matrix product.
+* :func:`step_linear` / :func:`step_dense` -- one recurrent step, O(N) Woodbury or a dense (N, N) product per channel.
 
-With ``n_ssm = 1`` (the reference setting) Lambda, P, B and dt are shared by all H channels of a layer,
-so the Cauchy matrix 1 / D(z_l)_n is the same for every channel and the kernel is a handful of matrix
-products of an (L/2+1, N) matrix with (N, H) matrices: no (H, N, L) tensor is ever built.
+As in the reference (``n_ssm = 1``), Lambda, P and B are shared by the H channels of a layer while dt is
+per channel (H timescales per layer), so every channel has its own A_bar. The reference evaluates the
+Cauchy/Woodbury generating function per channel, an (H, N, L/2+1) complex tensor (95% of its forward
+time); here the kernel is built from matrix products only, with no (H, N, L) tensor: see :func:`ssm_kernel`.
 
 State layout in the recurrent mode: the N/2 stored complex modes x are kept as N real numbers
 [Re x, Im x]; the conjugate half of the full N-dim state is implied (the system is real).
@@ -86,19 +87,19 @@ def conj_expand(z: jax.Array) -> jax.Array:
     return jnp.concatenate([z, jnp.conj(z)], axis=-1)
 
 
-# ----------------------------------------------------------------------------- discretisation
+# ----------------------------------------------------------------------------- discretisation (per channel)
 
 
 class Discrete(NamedTuple):
-    """The discretised SSM shared by all channels of a layer, plus the per-channel read-out.
+    """A layer's discretised SSM: Lambda, P, B shared by its H channels, dt, C and D per channel.
 
     Fields (float32; N = d_state real coordinates [Re x, Im x]):
-      a: (N, N) real transition matrix, x_{k+1} = a @ x_k + b u_k.
-      b: (N,) real input vector.
-      c: (H, N) real read-out, y_k = c @ x_k + d u_k.
+      a: (H, N, N) real transition matrices, x_{k+1} = a[h] @ x_k + b[h] u_k.
+      b: (H, N) real input vectors B_bar.
+      c: (H, N) real read-outs, y_k = c[h] @ x_k + d[h] u_k.
       d: (H,) skip.
-      lam, p, bbar: complex64 (N/2,) the DPLR pieces used by the O(N) step (Lambda, P, B_bar of the kept half).
-      dt: () float32 step size.
+      lam, p: complex64 (N/2,) Lambda and P (shared); bbar: complex64 (H, N/2) B_bar of the kept half.
+      dt: (H,) float32 step sizes.
     """
 
     a: jax.Array
@@ -112,18 +113,18 @@ class Discrete(NamedTuple):
 
 
 def resolvent_terms(lam: jax.Array, p: jax.Array, dt: jax.Array):
-    """Pieces of R = (I - dt/2 A)^{-1} for A = diag(Lambda_full) - P_full P_full^* (Woodbury identity).
+    """Pieces of R = (I - dt/2 A)^{-1} for A = diag(Lambda_full) - P_full P_full^* (Woodbury identity), per channel.
 
     R = diag(1/d) - (dt/2) (P/d)(P^*/d) / (1 + (dt/2) q), with d = 1 - dt/2 Lambda and q = P^* diag(1/d) P
     (sum over the full, conjugate-expanded state, hence real).
 
     Args:
-      lam, p: complex (n/2,). dt: real ().
+      lam, p: complex (n/2,). dt: real (H,).
     Returns:
-      inv_d: complex (n/2,) 1/d; q: real () the full-state quadratic form.
+      inv_d: complex (H, n/2) 1/d; q: real (H,) the full-state quadratic form.
     """
-    inv_d = 1.0 / (1.0 - 0.5 * dt * lam)
-    q = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * p * inv_d))
+    inv_d = 1.0 / (1.0 - 0.5 * dt[:, None] * lam)
+    q = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * p * inv_d, axis=-1))
     return inv_d, q
 
 
@@ -131,23 +132,25 @@ def apply_bilinear(x: jax.Array, lam: jax.Array, p: jax.Array, dt: jax.Array) ->
     """A_bar x = (I - dt/2 A)^{-1} (I + dt/2 A) x for the kept half of a conjugate-symmetric state, O(N).
 
     Args:
-      x: complex (..., n/2) the kept half of a real system's state.
-      lam, p: complex (n/2,); dt: real ().
+      x: complex (..., H, n/2) the kept half of a real system's state, one per channel.
+      lam, p: complex (n/2,); dt: real (H,).
     Returns:
-      complex (..., n/2).
+      complex (..., H, n/2).
     """
     inv_d, q = resolvent_terms(lam, p, dt)
+    hdt = 0.5 * dt[:, None]
     s = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * x, axis=-1, keepdims=True))  # P_full^* x_full
-    v = x + 0.5 * dt * (lam * x - p * s)  # (I + dt/2 A) x
+    v = x + hdt * (lam * x - p * s)  # (I + dt/2 A) x
     t = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * inv_d * v, axis=-1, keepdims=True))
-    return inv_d * v - 0.5 * dt * inv_d * p * t / (1.0 + 0.5 * dt * q)
+    return inv_d * v - hdt * inv_d * p * t / (1.0 + hdt * q[:, None])
 
 
 def discrete_b(lam: jax.Array, p: jax.Array, b: jax.Array, dt: jax.Array) -> jax.Array:
-    """B_bar = (I - dt/2 A)^{-1} dt B, kept half: complex (n/2,) -> complex (n/2,)."""
+    """B_bar = (I - dt/2 A)^{-1} dt B, kept half: complex (n/2,), dt (H,) -> complex (H, n/2)."""
     inv_d, q = resolvent_terms(lam, p, dt)
-    t = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * inv_d * b))
-    return dt * (inv_d * b - 0.5 * dt * inv_d * p * t / (1.0 + 0.5 * dt * q))
+    hdt = 0.5 * dt[:, None]
+    t = 2.0 * jnp.real(jnp.sum(jnp.conj(p) * inv_d * b, axis=-1, keepdims=True))
+    return dt[:, None] * (inv_d * b - hdt * inv_d * p * t / (1.0 + hdt * q[:, None]))
 
 
 def to_real(z: jax.Array) -> jax.Array:
@@ -162,14 +165,15 @@ def to_complex(r: jax.Array) -> jax.Array:
 
 
 def real_transition(lam: jax.Array, p: jax.Array, dt: jax.Array) -> jax.Array:
-    """A_bar as a real matrix on [Re x, Im x]: the bilinear map applied to the N real basis vectors.
+    """A_bar of every channel as a real matrix on [Re x, Im x]: the bilinear map applied to the N real basis vectors.
 
     The map is R-linear (not C-linear: the low-rank term couples x and conj(x)), so its real matrix is
-    read off the basis. Returns float (n, n) M with x_next = M @ x.
+    read off the basis. Returns float (H, n, n) M with x_next = M[h] @ x.
     """
     n = 2 * lam.shape[-1]
-    basis = to_complex(jnp.eye(n, dtype=jnp.real(lam).dtype))  # (n, n/2): row j = j-th real basis vector
-    return to_real(apply_bilinear(basis, lam, p, dt)).T
+    basis = to_complex(jnp.eye(n, dtype=jnp.real(lam).dtype))[:, None, :]  # (n, 1, n/2): row j = j-th basis vector
+    images = to_real(apply_bilinear(basis, lam, p, dt))  # (n, H, n): images[j, h] = M[h] @ e_j
+    return jnp.transpose(images, (1, 2, 0))
 
 
 def readout_real(c: jax.Array) -> jax.Array:
@@ -184,8 +188,8 @@ def readout_complex(c_real: jax.Array) -> jax.Array:
 
 
 def matrix_power(m: jax.Array, n: int) -> jax.Array:
-    """m^n by repeated squaring (n a Python int): float (k, k) -> float (k, k)."""
-    result = jnp.eye(m.shape[-1], dtype=m.dtype)
+    """m^n by repeated squaring (n a Python int): float (..., k, k) -> float (..., k, k)."""
+    result = jnp.broadcast_to(jnp.eye(m.shape[-1], dtype=m.dtype), m.shape)
     base = m
     while n:
         if n & 1:
@@ -196,58 +200,62 @@ def matrix_power(m: jax.Array, n: int) -> jax.Array:
     return result
 
 
-def c_tilde(c: jax.Array, a_real: jax.Array, length: int) -> jax.Array:
-    """C~ = C (I - A_bar^L): complex (H, n/2) -> complex (H, n/2), via the real transition (n, n)."""
+def c_tilde(c: jax.Array, a: jax.Array, length: int) -> jax.Array:
+    """C~ = C (I - A_bar^L), the read-out the reference trains (attuned to length L).
+
+    Args: c complex (H, n/2) the true C; a float (H, n, n) :func:`real_transition`; length L.
+    Returns: complex (H, n/2).
+    """
     cr = readout_real(c)
-    cr = cr - jnp.matmul(cr, matrix_power(a_real, length), precision=HIGHEST)
+    cr = cr - jnp.einsum("hm,hmn->hn", cr, matrix_power(a, length), precision=HIGHEST)
     return readout_complex(cr)
 
 
 # ----------------------------------------------------------------------------- convolution mode
 
 
-def dplr_kernel(
-    lam: jax.Array, p: jax.Array, b: jax.Array, c: jax.Array, dt: jax.Array, length: int
-) -> jax.Array:
-    """Length-L SSM convolution kernel K[h, k] = C_h A_bar^k B_bar, by the Cauchy/Woodbury generating function.
+def block_split(length: int) -> tuple[int, int]:
+    """(T, J): a length-L kernel is computed as J blocks of T samples, T = 2^ceil(log2(L) / 2), J = ceil(L / T)."""
+    t = 1 << max(0, int(np.ceil(np.log2(max(length, 1)) / 2)))
+    return t, -(-length // t)
 
-    At the roots of unity z_l = exp(-2 pi i l / L), sum_k K_k z^k = C~ (I - A_bar z)^{-1} B_bar
-    = dt C~ M(z)^{-1} B with M(z) = (1 - z) I - (1 + z)(dt/2) A (finite at z = -1). With A = diag(Lambda) - P P^*,
-    Woodbury gives dt C~ [R B - R P r(z)], R = diag(1/D(z)), D_n(z) = (1 - z) - (1 + z)(dt/2) Lambda_n and
-    r(z) = c k10 / (1 + c k11), c = (1 + z) dt/2, k10 = P^* R B, k11 = P^* R P (sums over the conjugate-expanded
-    N modes). The Cauchy factor is shared by all channels, so the spectrum is ONE real matrix product of the
-    (2 (L/2+1), N) matrix G = R (B - r P) (conjugate pairs folded) with C~ (N, H); an inverse real FFT returns
-    the kernel.
+
+def impulse_block(a: jax.Array, b: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+    """The first T state impulse responses G[h, :, m] = a_h^m b_h and a_h^T, by doubling (T a power of 2).
+
+    Args: a float (H, n, n); b float (H, n); steps T = 2^k.
+    Returns: g float (H, n, T); a^T float (H, n, n).
+    """
+    g, power = b[..., None], a
+    while g.shape[-1] < steps:
+        g = jnp.concatenate([g, jnp.matmul(power, g, precision=HIGHEST)], axis=-1)  # columns m + 2^k
+        power = jnp.matmul(power, power, precision=HIGHEST)
+    return g, power
+
+
+def ssm_kernel(a: jax.Array, b: jax.Array, c: jax.Array, length: int) -> jax.Array:
+    """The length-L convolution kernel K[h, k] = c_h a_h^k b_h of H independent real systems.
+
+    With k = j T + m (:func:`block_split`): K[h, jT + m] = (c_h a_h^{jT}) (a_h^m b_h). The T state impulse
+    responses a^m b and the J read-outs c a^{jT} come from matrix products by doubling (log2 L squarings of
+    the (n, n) transitions); one batched matrix product of (J, n) by (n, T) per channel gives all L values.
+    Every step is a matrix product: no (H, n, L) tensor and no per-channel Cauchy matrix is formed, and
+    the result is the exact truncated impulse response (no C~ correction needed).
 
     Args:
-      lam, p, b: complex (n/2,) DPLR parameters (shared by all channels).
-      c: complex (H, n/2) per-channel read-out (the true C, not C~).
-      dt: float () step size.
-      length: L, a Python int.
+      a: float (H, n, n) transitions; b: float (H, n) inputs; c: float (H, n) read-outs; length: L (Python int).
     Returns:
-      float (H, L), float32 for complex64 inputs.
+      float (H, L).
     """
-    ct = c_tilde(c, real_transition(lam, p, dt), length)
-    z = jnp.exp(-2j * jnp.pi * jnp.arange(length // 2 + 1) / length).astype(lam.dtype)  # (Z,)
-    lam_f, p_f, b_f = conj_expand(lam), conj_expand(p), conj_expand(b)
-    cauchy = 1.0 / ((1 - z)[:, None] - (1 + z)[:, None] * (0.5 * dt) * lam_f[None, :])  # (Z, N)
-    k10 = jnp.sum(cauchy * (jnp.conj(p_f) * b_f), axis=-1, keepdims=True)  # (Z, 1)
-    k11 = jnp.sum(cauchy * (jnp.conj(p_f) * p_f), axis=-1, keepdims=True)
-    cz = ((1 + z) * 0.5 * dt)[:, None]
-    g = cauchy * (b_f - p_f * (cz * k10 / (1.0 + cz * k11)))  # (Z, N): R (B - r P)
-    half = lam.shape[-1]
-    g_sum, g_diff = g[:, :half] + g[:, half:], g[:, :half] - g[:, half:]  # C~_full = [C~, conj C~]
-    lhs = jnp.concatenate(
-        [
-            jnp.concatenate([jnp.real(g_sum), -jnp.imag(g_diff)], axis=1),  # real part of the spectrum
-            jnp.concatenate([jnp.imag(g_sum), jnp.real(g_diff)], axis=1),  # imaginary part
-        ],
-        axis=0,
-    )  # (2Z, n)
-    rhs = jnp.concatenate([jnp.real(ct), jnp.imag(ct)], axis=1).T  # (n, H)
-    spec = dt * jnp.matmul(lhs, rhs, precision=HIGHEST)  # (2Z, H)
-    zn = z.shape[0]
-    return jnp.fft.irfft(jax.lax.complex(spec[:zn], spec[zn:]).T, n=length, axis=-1)
+    steps, blocks = block_split(length)
+    g, power = impulse_block(a, b, steps)
+    rows = c[:, None, :]  # (H, 1, n): c a^{jT} for j < 1
+    while rows.shape[1] < blocks:
+        rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=HIGHEST)], axis=1)
+        if rows.shape[1] < blocks:
+            power = jnp.matmul(power, power, precision=HIGHEST)
+    k = jnp.matmul(rows[:, :blocks], g, precision=HIGHEST)  # (H, J, T)
+    return k.reshape(k.shape[0], -1)[:, :length]
 
 
 def causal_conv(u: jax.Array, k: jax.Array, d: jax.Array) -> jax.Array:
@@ -285,28 +293,37 @@ def step_linear(disc: Discrete, x: jax.Array, u: jax.Array) -> tuple[jax.Array, 
 
 
 def step_dense(disc: Discrete, x: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One recurrent step as one matrix product shared by every channel and stream (n_ssm = 1).
+    """One recurrent step with each channel's dense (N, N) transition (a batched matrix-vector product).
 
     Same arguments and results as :func:`step_linear`: x (B, H, N), u (B, H) -> y (B, H), x' (B, H, N).
     """
-    x_next = jnp.einsum("bhm,nm->bhn", x, disc.a, precision=HIGHEST) + disc.b * u[..., None]
+    x_next = jnp.einsum("bhm,hnm->bhn", x, disc.a, precision=HIGHEST) + disc.b * u[..., None]
     y = jnp.sum(x_next * disc.c, axis=-1) + disc.d * u
     return y, x_next
 
 
-def state_after(lam: jax.Array, p: jax.Array, b: jax.Array, dt: jax.Array, u: jax.Array) -> jax.Array:
-    """x_L = sum_j A_bar^(L-1-j) B_bar u_j without stepping: the kernel G[n, m] = (A_bar^m B_bar)_n of the
-    N real state coordinates (the DPLR kernel with C = the coordinate read-outs), contracted with u reversed.
+def state_after(a: jax.Array, b: jax.Array, u: jax.Array) -> jax.Array:
+    """x_L = sum_j a^(L-1-j) b u_j without stepping every sample: blocks of T samples (:func:`block_split`).
+
+    Within a block the state gained is a contraction of the T inputs with the impulse responses a^m b;
+    across the J blocks, x <- a^T x + (block's gain), a scan of J steps.
 
     Args:
-      lam, p, b: complex (n/2,); dt: float (); u: float32 (B, L, H) the layer's input sequence (L >= 1).
+      a: float (H, N, N); b: float (H, N); u: float32 (B, L, H) the layer's input sequence (L >= 1).
     Returns:
       float32 (B, H, N) real state [Re x, Im x].
     """
-    n = 2 * lam.shape[-1]
-    coords = readout_complex(jnp.eye(n, dtype=jnp.real(lam).dtype))  # (N, n/2): read-out of each coordinate
-    g = dplr_kernel(lam, p, b, coords, dt, u.shape[1])  # (N, L)
-    return jnp.einsum("blh,nl->bhn", u[:, ::-1], g, precision=HIGHEST)
+    bsz, length, h = u.shape
+    steps, blocks = block_split(length)
+    u = jnp.pad(u, ((0, 0), (blocks * steps - length, 0), (0, 0)))  # leading zeros leave the state at 0
+    g, power = impulse_block(a, b, steps)
+    gains = jnp.einsum("hnm,bjmh->jbhn", g[..., ::-1], u.reshape(bsz, blocks, steps, h), precision=HIGHEST)
+
+    def body(x, gain):
+        return jnp.einsum("hnm,bhm->bhn", power, x, precision=HIGHEST) + gain, None
+
+    x, _ = jax.lax.scan(body, jnp.zeros_like(gains[0]), gains)
+    return x
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -315,9 +332,12 @@ def state_after(lam: jax.Array, p: jax.Array, b: jax.Array, dt: jax.Array, u: ja
 class S4(nnx.Module):
     """The S4 convolution/recurrence of one layer: u (B, L, H) -> y (B, L, H), no activation.
 
-    Parameters (n_ssm = 1 sharing): log_dt (), lambda_re_log (N/2,), lambda_im (N/2,), p (N/2, 2), b (N/2, 2)
-    [SSMParam]; c (H, N/2, 2), d (H,) [Param]. Complex parameters are stored as trailing (re, im) pairs.
-    Lambda = -exp(lambda_re_log) + i lambda_im keeps Re(Lambda) < 0 (the "Hurwitz" fix).
+    Parameters as the reference (n_ssm = 1): lambda_re_log (N/2,), lambda_im (N/2,), p (N/2, 2), b (N/2, 2)
+    shared by the layer's channels and log_dt (H,) one step size per channel [SSMParam]; c (H, N/2, 2),
+    d (H,) per channel [Param]. Complex parameters are stored as trailing (re, im) pairs.
+    Lambda = -exp(lambda_re_log) + i lambda_im keeps Re(Lambda) < 0 (the "Hurwitz" fix); dt = exp(log_dt).
+    c is the true read-out C (the reference trains C~ = C (I - A_bar^L) attuned to one length; see
+    :mod:`sashimi_jax.convert`).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, *, rngs: nnx.Rngs):
@@ -330,44 +350,38 @@ class S4(nnx.Module):
         self.p = SSMParam(pair(p))
         self.b = SSMParam(pair(b))
         lo, hi = np.log(dt_min), np.log(dt_max)
-        self.log_dt = SSMParam(jax.random.uniform(rngs.params(), (), jnp.float32, lo, hi))
+        self.log_dt = SSMParam(jax.random.uniform(rngs.params(), (d_model,), jnp.float32, lo, hi))
         self.c = nnx.Param(jax.random.normal(rngs.params(), (d_model, d_state // 2, 2), jnp.float32) * np.sqrt(0.5))
         self.d = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
 
     def ssm(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-        """Continuous parameters: Lambda, P, B complex64 (N/2,), C complex64 (H, N/2), dt float32 ()."""
+        """Continuous parameters: Lambda, P, B complex64 (N/2,), C complex64 (H, N/2), dt float32 (H,)."""
         lam = jax.lax.complex(-jnp.exp(self.lambda_re_log[...]), self.lambda_im[...])
         cplx = lambda w: jax.lax.complex(w[..., 0], w[..., 1])  # noqa: E731
         return lam, cplx(self.p[...]), cplx(self.b[...]), cplx(self.c[...]), jnp.exp(self.log_dt[...])
 
+    def discrete(self) -> Discrete:
+        """Discretise (bilinear, per channel): see :class:`Discrete`. Outside step loops, once."""
+        lam, p, b, c, dt = self.ssm()
+        bbar = discrete_b(lam, p, b, dt)
+        return Discrete(
+            a=real_transition(lam, p, dt), b=to_real(bbar), c=readout_real(c), d=self.d[...],
+            lam=lam, p=p, bbar=bbar, dt=dt,
+        )
+
     def kernel(self, length: int) -> jax.Array:
         """The length-L convolution kernel, float32 (H, L)."""
-        lam, p, b, c, dt = self.ssm()
-        return dplr_kernel(lam, p, b, c, dt, length)
+        disc = self.discrete()
+        return ssm_kernel(disc.a, disc.b, disc.c, length)
 
     def __call__(self, u: jax.Array) -> jax.Array:
         """Convolution mode: float32 (B, L, H) -> (B, L, H)."""
         return causal_conv(u, self.kernel(u.shape[1]), self.d[...])
 
-    def discrete(self) -> Discrete:
-        """Discretise once (outside any step loop): see :class:`Discrete`."""
-        lam, p, b, c, dt = self.ssm()
-        bbar = discrete_b(lam, p, b, dt)
-        return Discrete(
-            a=real_transition(lam, p, dt),
-            b=to_real(bbar),
-            c=readout_real(c),
-            d=self.d[...],
-            lam=lam,
-            p=p,
-            bbar=bbar,
-            dt=dt,
-        )
-
     def state_after(self, u: jax.Array) -> jax.Array:
         """The recurrent state after consuming a whole sequence, computed in parallel: (B, L, H) -> (B, H, N)."""
-        lam, p, b, _, dt = self.ssm()
-        return state_after(lam, p, b, dt, u)
+        disc = self.discrete()
+        return state_after(disc.a, disc.b, u)
 
     def init_state(self, batch_size: int) -> jax.Array:
         """Zero state, float32 (B, H, N)."""

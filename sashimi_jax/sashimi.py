@@ -35,6 +35,26 @@ LN_EPS = 1e-5  # torch.nn.LayerNorm default
 SQRT_HALF = float(np.sqrt(0.5))
 
 
+def torch_linear(d_in: int, d_out: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """nnx.Linear initialised as torch.nn.Linear / a 1x1 nn.Conv1d (the reference's init of every linear layer).
+
+    Weight and bias both U(-1/sqrt(d_in), 1/sqrt(d_in)): PyTorch's kaiming_uniform(a=sqrt(5)) is a
+    fan-in variance scaling of 1/3. Kernel float32 (d_in, d_out), bias (d_out,).
+    """
+    bound = 1.0 / np.sqrt(d_in)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nnx.Linear(
+        d_in,
+        d_out,
+        kernel_init=jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+        bias_init=bias_init,
+        rngs=rngs,
+    )
+
+
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU as torch.nn.GELU(): x * Phi(x) = x/2 (1 + erf(x / sqrt 2)), float32 -> float32.
 
@@ -51,7 +71,7 @@ class S4Block(nnx.Module):
         self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs)
         self.s4 = s4lib.S4(d, cfg.d_state, cfg.dt_min, cfg.dt_max, rngs=rngs)
         self.glu = bool(cfg.glu)
-        self.out = nnx.Linear(d, 2 * d if self.glu else d, rngs=rngs)
+        self.out = torch_linear(d, 2 * d if self.glu else d, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout > 0 else None)
 
     def mix(self, z: jax.Array) -> jax.Array:
@@ -76,8 +96,8 @@ class FFBlock(nnx.Module):
 
     def __init__(self, d: int, expand: int, dropout: float, *, rngs: nnx.Rngs):
         self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs)
-        self.inp = nnx.Linear(d, expand * d, rngs=rngs)
-        self.out = nnx.Linear(expand * d, d, rngs=rngs)
+        self.inp = torch_linear(d, expand * d, rngs=rngs)
+        self.out = torch_linear(expand * d, d, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs if dropout > 0 else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -89,7 +109,7 @@ class DownPool(nnx.Module):
 
     def __init__(self, d: int, expand: int, pool: int, *, rngs: nnx.Rngs):
         self.pool = pool
-        self.linear = nnx.Linear(d * pool, d * expand, rngs=rngs)
+        self.linear = torch_linear(d * pool, d * expand, rngs=rngs)
 
     def group(self, x: jax.Array) -> jax.Array:
         """(..., p, H) -> (..., H p): the reference's '(h s)' feature order."""
@@ -109,7 +129,7 @@ class UpPool(nnx.Module):
 
     def __init__(self, d: int, expand: int, pool: int, *, rngs: nnx.Rngs):
         self.pool, self.d_out = pool, d // expand
-        self.linear = nnx.Linear(d, self.d_out * pool, rngs=rngs)
+        self.linear = torch_linear(d, self.d_out * pool, rngs=rngs)
 
     def spread(self, y: jax.Array) -> jax.Array:
         """(..., H_out p) in '(h s)' order -> (..., p, H_out)."""
@@ -257,13 +277,13 @@ class SaShiMi(nnx.Module):
         self.pools: tuple[int, ...] = tuple(int(p) for p in cfg.pool)
         widths = [cfg.d_model * cfg.expand**i for i in range(len(self.pools) + 1)]
         self.widths = tuple(widths)
-        self.embed = nnx.Embed(cfg.n_classes, cfg.d_model, rngs=rngs)
+        self.embed = nnx.Embed(cfg.n_classes, cfg.d_model, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)  # torch N(0, 1)
         self.down = nnx.List([DownPool(widths[i], cfg.expand, p, rngs=rngs) for i, p in enumerate(self.pools)])
         self.center = Tier(widths[-1], cfg, rngs=rngs)
         self.up = nnx.List([UpPool(widths[i + 1], cfg.expand, p, rngs=rngs) for i, p in enumerate(self.pools)])
         self.tiers = nnx.List([Tier(widths[i], cfg, rngs=rngs) for i in range(len(self.pools))])
         self.norm = nnx.LayerNorm(cfg.d_model, epsilon=LN_EPS, rngs=rngs)
-        self.head = nnx.Linear(cfg.d_model, cfg.n_classes, rngs=rngs)
+        self.head = torch_linear(cfg.d_model, cfg.n_classes, rngs=rngs)
 
     # ------------------------------------------------------------------ parallel (convolution) mode
 
@@ -380,7 +400,7 @@ class SaShiMi(nnx.Module):
           tokens: int32 (B,) the current input sample of every stream.
           state: the :class:`SaShiMiState` after the previous samples.
           cache: :meth:`step_cache` (computed here when None; pass it in loops).
-          dense: use the shared dense transition (one matmul) instead of the O(N) DPLR step; both are exact.
+          dense: use each channel's dense transition (a batched matmul) instead of the O(N) DPLR step; both are exact.
         Returns:
           logits float32 (B, n_classes) and the new state.
         """

@@ -73,43 +73,78 @@ def test_dplr_reconstructs_legs(n):
 
 
 def random_ssm(n, h, seed):
+    """Shared Lambda, P, B (HiPPO-LegS), random C per channel and one dt per channel (log-uniform)."""
     lam, p, b, _, _ = s4.legs_dplr(n)
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(h, n // 2)) + 1j * rng.normal(size=(h, n // 2))
-    return lam, p, b, c
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), h))
+    return lam, p, b, c, dt
 
 
-@pytest.mark.parametrize("n,dt,length", [(4, 0.1, 16), (16, 0.01, 100), (64, 0.003, 256), (64, 0.1, 333)])
-def test_kernel_matches_dense_matrix_powers_float64(n, dt, length):
-    lam, p, b, c = random_ssm(n, 3, seed=n)
+def our_kernel(lam, p, b, c, dt, length, dtype=None):
+    args = [jnp.asarray(z, dtype) if dtype else jnp.asarray(z) for z in (lam, p, b, c)]
+    dt = jnp.asarray(dt, jnp.real(args[0]).dtype)
+    a = s4.real_transition(args[0], args[1], dt)
+    bb = s4.to_real(s4.discrete_b(args[0], args[1], args[2], dt))
+    return s4.ssm_kernel(a, bb, s4.readout_real(args[3]), length)
+
+
+def reference_cauchy_kernel(lam, p, b, c_tilde, dt, length):
+    """The reference's algorithm in float64: the Cauchy/Woodbury generating function of C~ at the roots of
+    unity, the bilinear correction 2 / (1 + omega), an inverse real FFT (one channel)."""
+    omega = np.exp(-2j * np.pi * np.arange(length // 2 + 1) / length)
+    z = 2 * (1 - omega) / (1 + omega)
+    lf, pf, bf = (np.concatenate([v, v.conj()]) for v in (lam, p, b))
+    cf = np.concatenate([c_tilde, c_tilde.conj()])
+    cauchy = 1.0 / (z[:, None] - dt * lf[None, :])
+    r = lambda u, v: (cauchy * (u * v)[None]).sum(-1) * dt  # noqa: E731
+    k_f = r(cf, bf) - r(cf, pf) * r(pf.conj(), bf) / (1 + r(pf.conj(), pf))
+    return np.fft.irfft(k_f * 2 / (1 + omega), n=length)
+
+
+@pytest.mark.parametrize("n,length", [(4, 16), (16, 100), (64, 256), (64, 333), (64, 1)])
+def test_kernel_matches_dense_matrix_powers_float64(n, length):
+    lam, p, b, c, dt = random_ssm(n, 3, seed=n + length)
     with jax.enable_x64(True):
-        k = s4.dplr_kernel(*(jnp.asarray(z) for z in (lam, p, b, c)), jnp.asarray(dt), length)
-        k = np.asarray(k)
-    ref = dense_kernel(lam, p, b, c, dt, length)
+        k = np.asarray(our_kernel(lam, p, b, c, dt, length))
+    ref = np.stack([dense_kernel(lam, p, b, c[h : h + 1], dt[h], length)[0] for h in range(3)])
     assert k.shape == (3, length)
     np.testing.assert_allclose(k, ref, atol=1e-10 * np.abs(ref).max())
 
 
+def test_kernel_matches_the_reference_cauchy_algorithm_with_c_tilde():
+    """Our kernel from the true C equals the reference's generating function of C~ = C (I - A_bar^L)."""
+    lam, p, b, c, dt = random_ssm(64, 4, seed=7)
+    length = 512
+    with jax.enable_x64(True):
+        k = np.asarray(our_kernel(lam, p, b, c, dt, length))
+        a = s4.real_transition(jnp.asarray(lam), jnp.asarray(p), jnp.asarray(dt))
+        ct = np.asarray(s4.c_tilde(jnp.asarray(c), a, length))
+    ref = np.stack([reference_cauchy_kernel(lam, p, b, ct[h], dt[h], length) for h in range(4)])
+    np.testing.assert_allclose(k, ref, atol=1e-9 * np.abs(ref).max())
+
+
 def test_kernel_float32_close_to_float64_reference():
-    lam, p, b, c = random_ssm(64, 4, seed=1)
-    dt = 0.01
-    k = s4.dplr_kernel(*(jnp.asarray(z, jnp.complex64) for z in (lam, p, b, c)), jnp.float32(dt), 512)
+    lam, p, b, c, dt = random_ssm(64, 4, seed=1)
+    k = our_kernel(lam, p, b, c, dt.astype(np.float32), 4096, jnp.complex64)
     assert k.dtype == jnp.float32
-    ref = dense_kernel(lam, p, b, c, dt, 512)
+    ref = np.stack([dense_kernel(lam, p, b, c[h : h + 1], np.float32(dt[h]), 4096)[0] for h in range(4)])
     np.testing.assert_allclose(np.asarray(k), ref, atol=2e-5 * np.abs(ref).max())
 
 
-def test_real_transition_and_input_match_dense_solve():
-    lam, p, b, c = random_ssm(16, 2, seed=3)
-    dt = 0.05
-    abar, bbar, cf = dense_system(lam, p, b, c, dt)
+def test_real_transition_and_input_match_dense_solve_per_channel():
+    lam, p, b, c, dt = random_ssm(16, 2, seed=3)
     with jax.enable_x64(True):
         m = np.asarray(s4.real_transition(jnp.asarray(lam), jnp.asarray(p), jnp.asarray(dt)))
         bb = np.asarray(s4.discrete_b(jnp.asarray(lam), jnp.asarray(p), jnp.asarray(b), jnp.asarray(dt)))
+    assert m.shape == (2, 16, 16) and bb.shape == (2, 8)
     x = np.random.default_rng(0).normal(size=8) + 1j * np.random.default_rng(1).normal(size=8)
-    full = abar @ np.concatenate([x, x.conj()])
-    np.testing.assert_allclose(m @ np.concatenate([x.real, x.imag]), np.concatenate([full[:8].real, full[:8].imag]), atol=1e-12)
-    np.testing.assert_allclose(bb, bbar[:8], atol=1e-12)
+    for h in range(2):
+        abar, bbar, _ = dense_system(lam, p, b, c, dt[h])
+        full = abar @ np.concatenate([x, x.conj()])
+        np.testing.assert_allclose(m[h] @ np.concatenate([x.real, x.imag]), np.concatenate([full[:8].real, full[:8].imag]), atol=1e-12)
+        np.testing.assert_allclose(bb[h], bbar[:8], atol=1e-12)
+    assert not np.allclose(m[0], m[1])  # one timescale per channel
 
 
 def test_fft_conv_matches_direct_convolution():
