@@ -298,16 +298,16 @@ def from_v3(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key in [k for k in out if re.search(r"\.layer\.ff\.(0\.0|2)\.weight$", k) and out[k].ndim == 2]:
         out[key] = out[key][..., None]
     for key in [k for k in out if k.endswith(".norm.norm.m")]:
-        base = key[: -len(".norm.m")]
-        m, s = out.pop(key), out.pop(f"{base}.norm.s")
+        block = key[: -len(".norm.norm.m")]
+        m, s = out.pop(key), out.pop(f"{block}.norm.norm.s")
         if np.any(np.asarray(m) != 0):
             raise ConvertError(
-                f"{base} is a scalar TransposedLN with a learned shift m != 0, which no LayerNorm reproduces; "
+                f"{block}.norm is a scalar TransposedLN with a learned shift m != 0, which no LayerNorm reproduces; "
                 "this V3 checkpoint cannot be converted exactly."
             )
-        width = _block_width(out, base)
-        out[f"{base}.weight"] = np.full((width,), float(np.asarray(s).reshape(-1)[0]), np.float32)
-        out[f"{base}.bias"] = np.zeros((width,), np.float32)
+        width = _block_width(out, block)
+        out[f"{block}.norm.weight"] = np.full((width,), float(np.asarray(s).reshape(-1)[0]), np.float32)
+        out[f"{block}.norm.bias"] = np.zeros((width,), np.float32)
     return out
 
 
@@ -319,3 +319,83 @@ def _block_width(state_dict: dict, block: str) -> int:
         if key.startswith(block + ".layer.ff.2.weight"):
             return int(value.shape[0])
     raise ConvertError(f"could not find the width of block {block} in the checkpoint; it is not a SaShiMi state_dict.")
+
+
+# ---------------------------------------------------------------------------------- run directory
+
+
+def load_official(path, cfg: ml_collections.ConfigDict | None = None):
+    """Read an official checkpoint file into (config, our parameter pytree) without torch.
+
+    Args:
+      path: a ``.pt`` state_dict of the official model (e757cef names, or the released V3 layout).
+      cfg: a full config whose ``model`` section the checkpoint must fit; None: the base config with the
+        model fields read off the checkpoint (:func:`model_config`).
+    Raises:
+      ConvertError / sashimi_jax.ptfile.PtFileError: one sentence naming what does not fit and the fix.
+    """
+    from flax import nnx
+
+    from sashimi_jax import ptfile
+    from sashimi_jax.config import base_config, lock
+    from sashimi_jax.sashimi import SaShiMi
+
+    state_dict = ptfile.read_state_dict(path)
+    if is_v3(state_dict):
+        state_dict = from_v3(state_dict)
+    implied = model_config(state_dict)
+    if cfg is None:
+        cfg = base_config()
+        cfg.name = "official"
+        for key, value in implied.items():
+            cfg.model[key] = value
+        cfg = lock(cfg)
+    else:
+        wrong = [f"model.{k}={cfg.model[k]!r} (checkpoint: {v!r})" for k, v in implied.items() if tuple_or(cfg.model[k]) != tuple_or(v)]
+        if wrong:
+            raise ConvertError(
+                f"the checkpoint does not fit the config: {'; '.join(wrong)}; pass a matching --config or override those fields."
+            )
+    template = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: SaShiMi(cfg.model, rngs=nnx.Rngs(0))), nnx.Param))
+    return cfg, to_params(state_dict, cfg.model, template)
+
+
+def tuple_or(value):
+    """Lists and tuples compare equal (configs hold tuples, JSON lists)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def write_run(path, workdir, cfg: ml_collections.ConfigDict | None = None) -> dict:
+    """Convert an official checkpoint into a run directory that generate.py / evaluate.py / train.py use.
+
+    The directory gets ``config.json`` and checkpoint 0 (the converted parameters, a fresh optimizer
+    state); training from it continues the official weights. Refuses a workdir that already holds a run.
+    Returns {"workdir", "params", "model"}.
+    """
+    from pathlib import Path
+
+    from sashimi_jax import checkpoint as ckpt
+    from sashimi_jax import optim
+    from sashimi_jax import train as trainlib
+
+    cfg, params = load_official(path, cfg)
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ckpt.WorkdirError(f"--workdir {workdir} is a file; pass a directory for the converted run.")
+    if ckpt.has_checkpoints(workdir) or (workdir / ckpt.CONFIG_FILE).exists():
+        raise ckpt.WorkdirError(f"{workdir} already holds a run; pass a new --workdir (nothing was written).")
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts, _ = trainlib.build_model(cfg)
+    state = trainlib.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    ckpt.write_config(workdir, cfg)
+    manager = ckpt.open_manager(workdir)
+    try:
+        ckpt.save(manager, 0, state)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+    return {"workdir": str(workdir), "params": int(parts.n_params), "model": {k: tuple_or(cfg.model[k]) for k in model_config_keys()}}
+
+
+def model_config_keys() -> tuple[str, ...]:
+    return ("d_model", "n_layers", "pool", "expand", "ff", "d_state", "glu", "n_classes")

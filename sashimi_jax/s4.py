@@ -215,8 +215,12 @@ def c_tilde(c: jax.Array, a: jax.Array, length: int) -> jax.Array:
 
 
 def block_split(length: int) -> tuple[int, int]:
-    """(T, J): a length-L kernel is computed as J blocks of T samples, T = 2^ceil(log2(L) / 2), J = ceil(L / T)."""
-    t = 1 << max(0, int(np.ceil(np.log2(max(length, 1)) / 2)))
+    """(T, J): a length-L kernel is computed as J blocks of T samples, T = 2^ceil(log2(sqrt(L / 4))), J = ceil(L / T).
+
+    T sets the cost balance of :func:`ssm_kernel`: log2(T) squarings of the (N, N) transitions against J
+    sequential row updates (measured fastest on a 2-core CPU for L from 1,000 to 131,072).
+    """
+    t = 1 << max(0, int(np.ceil(0.5 * np.log2(max(length, 1) / 4.0))))
     return t, -(-length // t)
 
 
@@ -237,10 +241,11 @@ def ssm_kernel(a: jax.Array, b: jax.Array, c: jax.Array, length: int) -> jax.Arr
     """The length-L convolution kernel K[h, k] = c_h a_h^k b_h of H independent real systems.
 
     With k = j T + m (:func:`block_split`): K[h, jT + m] = (c_h a_h^{jT}) (a_h^m b_h). The T state impulse
-    responses a^m b and the J read-outs c a^{jT} come from matrix products by doubling (log2 L squarings of
-    the (n, n) transitions); one batched matrix product of (J, n) by (n, T) per channel gives all L values.
-    Every step is a matrix product: no (H, n, L) tensor and no per-channel Cauchy matrix is formed, and
-    the result is the exact truncated impulse response (no C~ correction needed).
+    responses a^m b come by doubling (log2 T squarings of the (n, n) transitions, which also give a^T), the
+    J read-outs c a^{jT} by a scan of J row-times-matrix products, and one batched matrix product of (J, n)
+    by (n, T) per channel gives all L values. Every step is a matrix product: no (H, n, L) tensor and no
+    per-channel Cauchy matrix is formed, and the result is the exact truncated impulse response (no C~
+    correction needed).
 
     Args:
       a: float (H, n, n) transitions; b: float (H, n) inputs; c: float (H, n) read-outs; length: L (Python int).
@@ -249,12 +254,12 @@ def ssm_kernel(a: jax.Array, b: jax.Array, c: jax.Array, length: int) -> jax.Arr
     """
     steps, blocks = block_split(length)
     g, power = impulse_block(a, b, steps)
-    rows = c[:, None, :]  # (H, 1, n): c a^{jT} for j < 1
-    while rows.shape[1] < blocks:
-        rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=HIGHEST)], axis=1)
-        if rows.shape[1] < blocks:
-            power = jnp.matmul(power, power, precision=HIGHEST)
-    k = jnp.matmul(rows[:, :blocks], g, precision=HIGHEST)  # (H, J, T)
+
+    def next_row(row, _):  # row (H, n) = c a^{jT} -> c a^{(j+1)T}
+        return jnp.einsum("hm,hmn->hn", row, power, precision=HIGHEST), row
+
+    _, rows = jax.lax.scan(next_row, c, None, length=blocks)  # (J, H, n)
+    k = jnp.matmul(jnp.swapaxes(rows, 0, 1), g, precision=HIGHEST)  # (H, J, T)
     return k.reshape(k.shape[0], -1)[:, :length]
 
 
@@ -374,9 +379,9 @@ class S4(nnx.Module):
         disc = self.discrete()
         return ssm_kernel(disc.a, disc.b, disc.c, length)
 
-    def __call__(self, u: jax.Array) -> jax.Array:
-        """Convolution mode: float32 (B, L, H) -> (B, L, H)."""
-        return causal_conv(u, self.kernel(u.shape[1]), self.d[...])
+    def __call__(self, u: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+        """Convolution mode: float32 (B, L, H) -> (B, L, H); ``kernel`` (H, L) when computed already."""
+        return causal_conv(u, self.kernel(u.shape[1]) if kernel is None else kernel, self.d[...])
 
     def state_after(self, u: jax.Array) -> jax.Array:
         """The recurrent state after consuming a whole sequence, computed in parallel: (B, L, H) -> (B, H, N)."""

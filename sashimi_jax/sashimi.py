@@ -81,8 +81,9 @@ class S4Block(nnx.Module):
             z = jax.nn.glu(z, axis=-1)
         return self.drop(z)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x + self.mix(self.s4(self.norm(x)))
+    def __call__(self, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+        """(B, L, H) -> (B, L, H); ``kernel`` (H, L): the S4 kernel when already computed (see :func:`remat_pair`)."""
+        return x + self.mix(self.s4(self.norm(x), kernel))
 
     def step(self, x: jax.Array, state: jax.Array, disc: s4lib.Discrete, dense: bool):
         """x (B, H), state (B, H, N) -> (B, H), (B, H, N)."""
@@ -142,9 +143,9 @@ class UpPool(nnx.Module):
         return self.spread(y).reshape(b, lp * self.pool, self.d_out)
 
 
-def block_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
-    """One (S4 block, FF block) pair: (B, L, H) -> (B, L, H)."""
-    x = s4_block(x)
+def block_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+    """One (S4 block, FF block) pair: (B, L, H) -> (B, L, H) (``kernel``: the S4 block's, if computed already)."""
+    x = s4_block(x, kernel)
     return x if ff_block is None else ff_block(x)
 
 
@@ -187,15 +188,19 @@ def recompute_in_backward(fn):
 def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
     """:func:`block_pair` rematerialised (:func:`recompute_in_backward`): the backward pass recomputes it.
 
-    The modules are split into a static graph and parameter leaves so that the recomputed function is
-    pure (nothing is written back: the pair is stateless when dropout is 0, which the config enforces).
+    The S4 kernel depends on parameters only: it is computed once, outside the recomputation, and passed in
+    (its backward runs once too). The modules are split into a static graph and parameter leaves so that
+    the recomputed function is pure (nothing is written back: the pair is stateless when dropout is 0,
+    which the config enforces).
     """
+    kernel = s4_block.s4.kernel(x.shape[1])
     graphdef, state = nnx.split((s4_block, ff_block))
 
-    def pure(state, x):
-        return block_pair(*nnx.merge(graphdef, state), x)
+    def pure(state_and_kernel, x):
+        state, kernel = state_and_kernel
+        return block_pair(*nnx.merge(graphdef, state), x, kernel)
 
-    return recompute_in_backward(pure)(state, x)
+    return recompute_in_backward(pure)((state, kernel), x)
 
 
 class Tier(nnx.Module):
