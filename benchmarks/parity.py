@@ -112,12 +112,12 @@ def ten_steps(parity: Path, overrides: list[str]) -> dict:
     train_w = np.load(parity / "brahms_4096.npy")
     losses = [trainer.step(train_w[i]) for i in ref["window_indices"]]
     diffs = np.abs(np.asarray(losses) - np.asarray(ref["loss_before_update"]))
-    ours = nnx.to_pure_dict(nnx.State(trainer.state["params"])) if not isinstance(trainer.state["params"], dict) else trainer.state["params"]
+    ours = trainer.state["params"]
     rel = {}
     for e in convert.layout(cfg.model):
-        a = np.asarray(convert._get(ours, e.ours), np.float64)
-        b = np.asarray(convert._get(after, e.ours), np.float64)
-        s = np.asarray(convert._get(start, e.ours), np.float64)
+        a = np.asarray(convert.get_path(ours, e.ours), np.float64)
+        b = np.asarray(convert.get_path(after, e.ours), np.float64)
+        s = np.asarray(convert.get_path(start, e.ours), np.float64)
         moved = np.linalg.norm(b - s)
         rel[e.official] = {"rel_err": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)),
                            "err_over_update": float(np.linalg.norm(a - b) / moved) if moved > 0 else 0.0}

@@ -155,13 +155,15 @@ def true_c(c_pairs: np.ndarray, a: np.ndarray, length: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------- conversions
 
 
-def _get(tree: dict, path: tuple):
+def get_path(tree: dict, path: tuple):
+    """tree[path[0]][path[1]]...: the leaf of a nested parameter dict at ``path`` (a :class:`Entry`'s ``ours``)."""
     for key in path:
         tree = tree[key]
     return tree
 
 
 def _set(tree: dict, path: tuple, value) -> None:
+    """Set the leaf at ``path`` of a nested dict in place."""
     for key in path[:-1]:
         tree = tree[key]
     tree[path[-1]] = value
@@ -193,7 +195,7 @@ def to_params(state_dict: dict[str, np.ndarray], cfg: ml_collections.ConfigDict,
     params = jax.tree.map(lambda x: x, template)
     for e in entries:
         value = np.asarray(e.to_ours(np.asarray(state_dict[e.official])), np.float32)
-        want = tuple(_get(template, e.ours).shape)
+        want = tuple(get_path(template, e.ours).shape)
         if value.shape != want:
             raise ConvertError(
                 f"checkpoint tensor {e.official} has shape {state_dict[e.official].shape}, which does not fit "
@@ -204,7 +206,7 @@ def to_params(state_dict: dict[str, np.ndarray], cfg: ml_collections.ConfigDict,
         if e.official.endswith(".kernel.C"):
             length = int(np.asarray(state_dict.get(e.official[: -len("C")] + "l_kernel", 0)))
             if length > 0:
-                s4 = _get(params, e.ours[:-1])
+                s4 = get_path(params, e.ours[:-1])
                 a = _transition64(s4["lambda_re_log"], s4["lambda_im"], s4["p"], s4["log_dt"])
                 s4["c"] = true_c(s4["c"], a, length)
     return params
@@ -214,7 +216,7 @@ def to_state_dict(params: dict, cfg: ml_collections.ConfigDict) -> dict[str, np.
     """Our parameters -> an official e757cef state_dict (numpy; ``l_kernel`` 0, C the true C)."""
     out = {}
     for e in layout(cfg):
-        out[e.official] = np.ascontiguousarray(e.to_official(np.asarray(_get(params, e.ours), np.float32)))
+        out[e.official] = np.ascontiguousarray(e.to_official(np.asarray(get_path(params, e.ours), np.float32)))
         if e.official.endswith(".kernel.C"):
             out[e.official[: -len("C")] + "l_kernel"] = np.zeros((), np.int64)
     return out
