@@ -142,14 +142,13 @@ def true_c(c_pairs: np.ndarray, a: np.ndarray, length: int) -> np.ndarray:
     Args: c_pairs float (H, N/2, 2) C~ as (re, im) pairs; a float64 (H, N, N) transitions; length L >= 1.
     Returns: float32 (H, N/2, 2) the true C.
     """
-    c = c_pairs[..., 0].astype(np.float64) + 1j * c_pairs[..., 1].astype(np.float64)
-    n = a.shape[-1]
-    cr = 2.0 * np.concatenate([c.real, -c.imag], axis=-1)  # s4.readout_real
-    eye = np.eye(n)
-    m = eye - np.stack([np.linalg.matrix_power(ah, int(length)) for ah in a])
-    cr = np.linalg.solve(np.swapaxes(m, -1, -2), cr[..., None])[..., 0]  # row c = c~ m^{-1}
-    out = np.stack([cr[..., : n // 2] / 2.0, -cr[..., n // 2 :] / 2.0], axis=-1)
-    return out.astype(np.float32)
+    with jax.enable_x64(True):
+        c = c_pairs[..., 0].astype(np.float64) + 1j * c_pairs[..., 1].astype(np.float64)
+        cr = np.asarray(s4lib.readout_real(jnp.asarray(c)))
+        m = np.eye(a.shape[-1]) - np.stack([np.linalg.matrix_power(ah, int(length)) for ah in a])
+        cr = np.linalg.solve(np.swapaxes(m, -1, -2), cr[..., None])[..., 0]  # row c = c~ m^{-1}
+        c = np.asarray(s4lib.readout_complex(jnp.asarray(cr)))
+    return np.stack([c.real, c.imag], axis=-1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- conversions
@@ -220,6 +219,9 @@ def to_state_dict(params: dict, cfg: ml_collections.ConfigDict) -> dict[str, np.
         if e.official.endswith(".kernel.C"):
             out[e.official[: -len("C")] + "l_kernel"] = np.zeros((), np.int64)
     return out
+
+
+MODEL_FIELDS = ("d_model", "n_layers", "pool", "expand", "ff", "d_state", "glu", "n_classes")  # what model_config reads
 
 
 def model_config(state_dict: dict[str, np.ndarray]) -> dict:
@@ -396,8 +398,4 @@ def write_run(path, workdir, cfg: ml_collections.ConfigDict | None = None) -> di
         manager.wait_until_finished()
     finally:
         manager.close()
-    return {"workdir": str(workdir), "params": int(parts.n_params), "model": {k: tuple_or(cfg.model[k]) for k in model_config_keys()}}
-
-
-def model_config_keys() -> tuple[str, ...]:
-    return ("d_model", "n_layers", "pool", "expand", "ff", "d_state", "glu", "n_classes")
+    return {"workdir": str(workdir), "params": int(parts.n_params), "model": {k: tuple_or(cfg.model[k]) for k in MODEL_FIELDS}}

@@ -209,12 +209,17 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: _DTyp
     return _Tensor(storage, offset, size_t, stride_t, dtype, conj, neg)
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> _Tensor:
-    """``torch._utils._rebuild_tensor``: a view of a typed storage."""
+def _typed_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, metadata: Any) -> _Tensor:
+    """A view of a typed storage, in the storage's own dtype."""
     storage = _check_storage(storage)
     if storage.stype.dtype is None:
         raise PtFileError("a typed tensor is rebuilt from an untyped storage without a dtype")
-    return _make_tensor(storage, storage_offset, size, stride, storage.stype.dtype, None)
+    return _make_tensor(storage, storage_offset, size, stride, storage.stype.dtype, metadata)
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> _Tensor:
+    """``torch._utils._rebuild_tensor``: a view of a typed storage."""
+    return _typed_tensor(storage, storage_offset, size, stride, None)
 
 
 def _rebuild_tensor_v2(
@@ -222,10 +227,7 @@ def _rebuild_tensor_v2(
     metadata: Any = None,
 ) -> _Tensor:
     """``torch._utils._rebuild_tensor_v2``: as :func:`_rebuild_tensor`; grad flag and hooks dropped."""
-    storage = _check_storage(storage)
-    if storage.stype.dtype is None:
-        raise PtFileError("a typed tensor is rebuilt from an untyped storage without a dtype")
-    return _make_tensor(storage, storage_offset, size, stride, storage.stype.dtype, metadata)
+    return _typed_tensor(storage, storage_offset, size, stride, metadata)
 
 
 def _rebuild_tensor_v3(
