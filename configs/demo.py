@@ -13,6 +13,7 @@ def get_config():
     c.model.n_layers = 1  # one (S4, FF) pair per tier
     c.model.d_state = 32  # smaller state (64 in the reference)
     c.data.source = "synthetic"  # generated music-like signal: no download
+    c.data.synthetic_signal = "melody"  # one plucked voice: notes a 3-minute model learns to play
     c.data.sample_len = 8192  # 0.5 s windows keep steps fast on a CPU
     c.data.synthetic_seconds = 120.0  # two minutes of generated audio
     c.data.synthetic_files = 12  # split into 12 "files" (train/val/test by file)

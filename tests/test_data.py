@@ -299,6 +299,29 @@ def test_synthetic_music_is_deterministic_and_music_like():
     assert not np.allclose(bars[0], bars[1], atol=0.05)
 
 
+def test_synthetic_melody_is_one_voice_of_changing_pitch():
+    a = data.synthetic_melody(4.0, SR, seed=0)
+    assert a.shape == (4 * SR,) and a.dtype == np.float32
+    assert np.max(np.abs(a)) == pytest.approx(0.9)
+    np.testing.assert_array_equal(a, data.synthetic_melody(4.0, SR, seed=0))
+    assert not np.allclose(a, data.synthetic_melody(4.0, SR, seed=1))
+    # Every 50 ms frame is a harmonic tone: its strongest bin is a fundamental of A3..A5 (220..880 Hz,
+    # +-1 bin), and three bins near it and its harmonics hold most of the power (no noise, no drums).
+    frames = a[: 4 * SR].reshape(-1, SR // 20) * np.hanning(SR // 20)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    peak_hz = np.argmax(power, axis=1) * 20.0
+    assert np.all((peak_hz >= 200) & (peak_hz <= 900))
+    top = np.sort(power, axis=1)[:, -9:].sum(axis=1) / power.sum(axis=1)
+    assert np.median(top) > 0.9
+    assert len(set(peak_hz.tolist())) >= 4  # the melody moves
+
+
+def test_unknown_synthetic_signal_is_refused(tmp_path):
+    d = cfg(tmp_path, "synthetic", synthetic_signal="choir")
+    with pytest.raises(data.DataError, match="data.synthetic_signal='choir' is not one of 'band', 'melody'"):
+        data.prepare(d)
+
+
 def test_prepare_synthetic(tmp_path):
     d = cfg(tmp_path, "synthetic", synthetic_seconds=16.0, synthetic_files=8, chunk_seconds=60.0)
     prepared = data.prepare(d)
