@@ -50,6 +50,7 @@ TINY = [
     "data.sample_len=256",
     "data.synthetic_seconds=8.0",
     "data.synthetic_files=4",
+    "data.synthetic_signal=band",  # the full arrangement (the demo's default is a one-voice melody)
     "train.batch_size=4",
     "train.lr=0.02",
     "train.schedule=plateau",  # patience 0 and a 5% threshold: the lr scale moves during the run
