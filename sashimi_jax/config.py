@@ -97,6 +97,32 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+# ---------------------------------------------------------------- secrets
+
+SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential")
+REDACTED = "<redacted>"  # what config.json holds in place of a secret (the environment variable is the way)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (dotted or not) names a secret, by its last part: ``data.hf_token`` is one."""
+    name = key.rsplit(".", 1)[-1].lower()
+    return any(w in name for w in SECRET_WORDS)
+
+
+def redact(data: dict, prefix: str = "") -> dict:
+    """A copy of plain config data (``json.loads(cfg.to_json())``) with every non-empty secret string replaced
+    by :data:`REDACTED`: what may reach a file, a log or TensorBoard."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out[key] = redact(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and value and is_secret_key(f"{prefix}{key}"):
+            out[key] = REDACTED
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Load ``get_config()`` from a config file and apply ``key.path=value`` overrides.
 
