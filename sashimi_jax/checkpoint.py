@@ -79,7 +79,7 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
 
     def fill(node: ml_collections.ConfigDict, values: dict) -> None:
         for key, value in values.items():
-            if key not in node or value == REDACTED:
+            if key not in node or (value == REDACTED and is_secret_key(key)):
                 continue
             old = node[key]
             if isinstance(old, ml_collections.ConfigDict):

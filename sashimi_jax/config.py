@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Hugging Face dataset (a local directory laid out like a hub dataset also works as "hf:/path").
     d.source = "synthetic"
     d.hf_files = ""  # comma-separated file names / glob patterns to take from an hf: source ("" = all audio)
-    d.hf_token = ""  # Hugging Face token for gated datasets ("" = use HF_TOKEN / the cached login)
+    d.hf_token = ""  # Hugging Face token for gated datasets ("" = use HF_TOKEN / the cached login); never saved
     d.sample_rate = 16000  # audio is resampled to this rate (Hz)
     d.chunk_seconds = 60.0  # long recordings are cut into chunks of this many seconds ("files")
     d.sample_len = 131072  # training window length in samples (reference: 131072 = 8.2 s)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,24 +61,20 @@ def restore_for_eval(workdir: str | os.PathLike, which: str = "best", mesh: jax.
     mesh = parallel.make_mesh() if mesh is None else mesh
     parts, params = trainlib.build_model(cfg)
     host_state = trainlib.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
-    say = print if jax.process_index() == 0 else (lambda s: None)
-    with workdirlib.WorkdirLock(path) as lock:
-        move = _try_acquire(lock)  # no training run holds the workdir: damaged checkpoints may be moved aside
-        abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
-        opener = lambda: ckpt.open_manager(path, read_only=True)  # noqa: E731
-        manager, step, state = ckpt.restore_intact(path, opener, abstract, which, move=move, say=say)
-        manager.close()
+    say = _say_stderr if jax.process_index() == 0 else (lambda s: None)  # stdout carries the JSON result
+    move = not workdirlib.in_use(path)  # a running training run keeps its checkpoints where they are
+    abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
+    opener = lambda: ckpt.open_manager(path, read_only=True)  # noqa: E731
+    manager, step, state = ckpt.restore_intact(path, opener, abstract, which, move=move, say=say)
+    manager.close()
     if step is None:
         raise ckpt.WorkdirError(f"workdir {workdir} holds no intact checkpoint; retrain or pass another --workdir.")
     return cfg, parts, trainlib.eval_params(state), int(step)
 
 
-def _try_acquire(lock: workdirlib.WorkdirLock) -> bool:
-    """Take ``lock`` if free; False if it is held or cannot be taken (a read-only workdir)."""
-    try:
-        return lock.acquire()
-    except OSError:
-        return False
+
+def _say_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def load_model(workdir: str | os.PathLike, which: str = "best") -> tuple[Any, SaShiMi, int]:

@@ -358,21 +358,14 @@ def train(
     ckpt.check_resume(workdir, cfg)
     lock = claim_workdir(workdir)
     try:
-        return _train_claimed(cfg, workdir, mesh=mesh, progress=progress, log=log)
+        return _train_claimed(cfg, workdir, mesh, progress, log)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_claimed(
-    cfg: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """:func:`train` in a workdir this run holds (:func:`claim_workdir`)."""
+def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress: bool, log) -> dict:
+    """:func:`train` (same arguments) in a workdir this run holds (:func:`claim_workdir`)."""
     primary = jax.process_index() == 0
     say = log or (_write_line if primary else (lambda s: None))
     mesh = parallel.make_mesh() if mesh is None else mesh

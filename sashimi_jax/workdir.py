@@ -109,6 +109,21 @@ class WorkdirLock:
         self.release()
 
 
+def in_use(workdir: str | os.PathLike) -> bool:
+    """Whether a training run holds ``workdir`` now (its lock is taken); looks without taking or writing anything."""
+    try:
+        fd = os.open(Path(workdir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+
+
 def lock_workdir(workdir: str | os.PathLike) -> WorkdirLock:
     """Take the training lock of ``workdir`` (an existing directory), or raise WorkdirError naming the holder."""
     lock = WorkdirLock(workdir)
@@ -125,4 +140,4 @@ def lock_workdir(workdir: str | os.PathLike) -> WorkdirLock:
     )
 
 
-__all__ = ["LOCK_FILE", "WorkdirError", "WorkdirLock", "check_run_dir", "ensure_writable", "lock_workdir"]
+__all__ = ["LOCK_FILE", "WorkdirError", "WorkdirLock", "check_run_dir", "ensure_writable", "in_use", "lock_workdir"]

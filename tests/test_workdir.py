@@ -12,15 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from sashimi_jax.workdir import LOCK_FILE, WorkdirError, check_run_dir, ensure_writable, lock_workdir
+from sashimi_jax.workdir import LOCK_FILE, WorkdirError, check_run_dir, ensure_writable, in_use, lock_workdir
 
 REPO = Path(__file__).resolve().parents[1]
-HOLD = "import sys, time; from sashimi_jax.workdir import lock_workdir; lock_workdir(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+# Loads workdir.py alone (standard library only), without the package's JAX import: starts in a blink.
+HOLD = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("workdir", sys.argv[2])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+mod.lock_workdir(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
 def hold_lock(workdir: Path) -> subprocess.Popen:
     """Another process that takes the lock of ``workdir`` and keeps it (until killed)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir), str(REPO / "sashimi_jax" / "workdir.py")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -57,3 +66,17 @@ def test_unwritable_or_wrong_workdirs_get_one_sentence(tmp_path):
     assert ensure_writable(tmp_path / "new" / "w").is_dir()
     assert list((tmp_path / "new" / "w").iterdir()) == []  # the write test leaves nothing behind
     assert afile.read_text() == "not a directory"
+
+
+def test_in_use_sees_a_holder_without_taking_the_lock(tmp_path):
+    assert not in_use(tmp_path) and not (tmp_path / LOCK_FILE).exists()  # looking creates nothing
+    proc = hold_lock(tmp_path)
+    try:
+        assert in_use(tmp_path)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert not in_use(tmp_path)
+    with lock_workdir(tmp_path):
+        assert in_use(tmp_path)  # the probe does not take (or drop) a lock this process holds
+        assert in_use(tmp_path)
