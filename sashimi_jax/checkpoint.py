@@ -341,7 +341,7 @@ def _restore_first_intact(manager, abstract_state, which, move, say, damaged) ->
     """The loop of :func:`restore_intact` over an open manager (``damaged``: steps already set aside)."""
     want = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
     first = best_step(manager) if which == "best" else manager.latest_step()
-    order = [first] + sorted((s for s in manager.all_steps() if s != first), reverse=True) if first else []
+    order = [] if first is None else [first] + sorted((s for s in manager.all_steps() if s != first), reverse=True)
     for step in order:
         d = Path(manager.directory) / str(step)
         try:

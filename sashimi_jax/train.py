@@ -389,11 +389,10 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     manager, start, state = ckpt.restore_intact(
         workdir_path, lambda: ckpt.open_manager(workdir_path, int(t.keep_ckpts)), abstract, say=say
     )
-    start = start or 0
-    if start:
+    if start is not None:  # step 0 too: a run made by experiments/convert.py continues the official weights
         say(f"resumed from checkpoint {start} in {workdir_path / ckpt.CKPT_DIR}")
     else:
-        state = replicate(host_state, mesh)
+        start, state = 0, replicate(host_state, mesh)
     del host_state, params
     plateau = plateau_values(parallel.tree_to_host(state["plateau"]))
 
