@@ -349,7 +349,7 @@ def train(
     ``config.json`` is written only with a checkpoint: a run that saves none leaves it as it was.
 
     Raises:
-      ConfigError / data.DataError: bad settings or data (nothing written).
+      ConfigError / data.DataError: bad settings or data (nothing written but the workdir and its train.lock).
       checkpoint.WorkdirError: ``workdir`` holds a run of another model (nothing touched), is not a writable
       directory, is held by another training run, or holds checkpoints of which none is intact.
       NonFiniteLoss: NaN/inf loss or gradient; the last good checkpoint is kept, the bad state is not saved.
