@@ -260,8 +260,8 @@ def move_aside(step_dir: Path) -> Path | None:
 
 
 def _report(step_dir: Path, why: str, moved: Path | None) -> str:
-    where = f"moved it to {moved}" if moved else "left it in place (cannot move it now)"
-    return f"checkpoint {step_dir.name} in {step_dir.parent} is damaged ({why}); {where} and went on with an older one"
+    where = f"moved it to {moved}" if moved else "skipped it (left in place: it cannot be moved now)"
+    return f"checkpoint {step_dir.name} in {step_dir.parent} is damaged ({why}); {where}"
 
 
 def _short(err: BaseException) -> str:
@@ -297,6 +297,8 @@ def set_aside_unopenable(workdir: str | os.PathLike, move: bool, say: Callable[[
 def saved_shapes(step_dir: Path) -> list[tuple]:
     """The sorted array shapes a checkpoint holds, from its orbax metadata (raises if that is unreadable)."""
     meta = ocp.StandardCheckpointer().metadata(step_dir / "default").item_metadata
+    if meta is None:
+        raise FileNotFoundError("its array metadata cannot be read")
     return sorted(tuple(x.shape) for x in jax.tree.leaves(meta.tree))
 
 
