@@ -10,9 +10,10 @@
   --compile_cache persistent XLA compilation cache (default ~/.cache/sashimi_jax/xla; "" = off)
   --nodeterministic_gpu  allow XLA's faster non-deterministic GPU reductions (resumes no longer bit-identical)
 
-Rerunning the same command resumes from the latest checkpoint (bit-identical to an uninterrupted run);
-SIGTERM / Ctrl-C write a checkpoint and exit 0. Exit status 1 (with ``error: ...``) for bad data, a workdir
-of another model, or a non-finite loss; 2 for a bad config.
+Rerunning the same command resumes from the latest intact checkpoint (bit-identical to an uninterrupted run).
+Exit status: 0 done; 1 (with ``error: ...``) bad data, a workdir that is unwritable, held by another run, of
+another model or without an intact checkpoint, or a non-finite loss; 2 a bad config; 143 (128 + SIGTERM) or
+130 (128 + SIGINT, Ctrl-C) stopped by that signal after writing a checkpoint (rerun to resume).
 
 Example: python experiments/train.py --config configs/bigband_2layer.py --config.model.n_layers=4 --workdir runs/x
 """
@@ -63,8 +64,14 @@ def main(argv):
         cli.fail(str(err))
     import jax
 
-    if jax.process_index() != 0:
-        return
+    if jax.process_index() == 0:
+        print_summary(summary)
+    if "stopped_by" in summary:  # a checkpointed stop is no success: schedulers requeue on 128 + signal
+        sys.exit(cli.signal_exit_code(summary["stopped_by"]))
+
+
+def print_summary(summary: dict) -> None:
+    """The last line of a run: final step, checkpoints, last validation loss."""
     val = summary.get("val") or {}
     print(
         f"done: step {summary['final_step']}, latest checkpoint {summary['latest_step']}, best {summary['best_step']}"

@@ -2,14 +2,21 @@
 
 Layout of ``workdir``::
 
-    config.json        the resolved config of the run (ConfigDict.to_json); checked on every resume
+    config.json        the config the checkpoints were trained with (secrets redacted); checked on every resume
     checkpoints/<step> orbax checkpoints of the whole train state (see sashimi_jax.train.init_state)
+    damaged/<step>     checkpoints that could not be read, moved aside (never deleted) by :func:`restore_intact`
+    train.lock         held by the training run (sashimi_jax.workdir)
     metrics.jsonl, tb/, loss.png   logs (sashimi_jax.logs)
 
 Orbax writes every checkpoint into ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only when
 complete, so a crash mid-write leaves no half checkpoint; leftover temporary directories are ignored
 and removed when the run restarts (``cleanup_tmp_directories``). Kept: the newest ``train.keep_ckpts``
 checkpoints plus the one with the lowest validation loss.
+
+A finished checkpoint can still be damaged later (a full disk, a bad copy, a deleted file): every restore
+goes through :func:`restore_intact`, which moves such a checkpoint aside into ``damaged/`` with one sentence and
+uses the next one. A checkpoint whose arrays do not match the expected train state (another model or code
+version) is not damage: it is refused, and left where it is.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +34,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from sashimi_jax.config import ConfigError, base_config, check_config, lock
+from sashimi_jax.config import REDACTED, ConfigError, base_config, check_config, is_secret_key, lock, redact
+from sashimi_jax.workdir import WorkdirError
 
 CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged"
 METRIC = "val_loss"  # the checkpoint metric the best checkpoint is chosen by (lower is better)
 
 # Train settings that change the structure of the saved state: a resume must keep them on/off as they were.
@@ -50,10 +60,6 @@ class _NoMissingMetricWarning(logging.Filter):
 logging.getLogger("absl").addFilter(_NoMissingMetricWarning())
 
 
-class WorkdirError(RuntimeError):
-    """A work directory that cannot be used as asked (the message says why and what to do)."""
-
-
 # ------------------------------------------------------------------------------------- config
 
 
@@ -65,14 +71,15 @@ def config_dict(cfg: ml_collections.ConfigDict) -> dict:
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
     """Rebuild a locked config from :func:`config_dict` output, on top of the current defaults.
 
-    Keys the current schema does not know are ignored (an older or newer run); lists become tuples where the
-    schema has tuples. Raises ConfigError if the result is not a valid config.
+    Keys the current schema does not know are ignored (an older or newer run), and so are redacted secrets (they
+    keep their default); lists become tuples where the schema has tuples. Raises ConfigError if the result is not
+    a valid config.
     """
     cfg = base_config()
 
     def fill(node: ml_collections.ConfigDict, values: dict) -> None:
         for key, value in values.items():
-            if key not in node:
+            if key not in node or (value == REDACTED and is_secret_key(key)):
                 continue
             old = node[key]
             if isinstance(old, ml_collections.ConfigDict):
@@ -102,12 +109,13 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_mismatches(saved: dict, cfg: ml_collections.ConfigDict) -> list[str]:
     """Differences that forbid resuming ``saved`` (a config.json) with ``cfg``: any model field, or a
-    structural train setting switched on/off. Returns readable 'key: saved X, now Y' items."""
+    structural train setting switched on/off (secrets, redacted when saved, never count).
+    Returns readable 'key: saved X, now Y' items."""
     old, new = _flat(saved), _flat(config_dict(cfg))
     out = [
         f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}"
         for k in sorted(set(old) | set(new))
-        if k.startswith("model.") and old.get(k) != new.get(k)
+        if k.startswith("model.") and not is_secret_key(k) and old.get(k) != new.get(k)
     ]
     for k, what in STRUCTURAL.items():
         if k in old and bool(old[k]) != bool(new[k]):
@@ -146,10 +154,10 @@ def check_resume(workdir: str | os.PathLike, cfg: ml_collections.ConfigDict) -> 
 
 
 def write_config(workdir: str | os.PathLike, cfg: ml_collections.ConfigDict) -> Path:
-    """Write ``workdir/config.json`` atomically (temporary file + rename). Returns its path."""
+    """Write ``workdir/config.json`` atomically (temporary file + rename), secrets redacted. Returns its path."""
     path = Path(workdir) / CONFIG_FILE
     tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(cfg.to_json(indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(redact(config_dict(cfg)), indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -207,6 +215,165 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> A
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+# The orbax files a CheckpointManager parses as soon as it opens: one unreadable file stops the whole manager.
+OPEN_METADATA = ("_CHECKPOINT_METADATA", "metrics/metrics")
+
+
+def step_dirs(workdir: str | os.PathLike) -> list[Path]:
+    """The finished checkpoint directories of ``workdir`` (``checkpoints/<step>``), newest first."""
+    d = Path(workdir) / CKPT_DIR
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: -int(p.name))
+
+
+def unopenable(step_dir: Path) -> str | None:
+    """Why orbax could not even open the checkpoints beside ``step_dir`` (an unparseable metadata file), or None."""
+    for name in OPEN_METADATA:
+        f = step_dir / name
+        try:
+            if f.exists():
+                json.loads(f.read_text())
+        except (OSError, ValueError):
+            return f"its {name} is unreadable"
+    return None
+
+
+def move_aside(step_dir: Path) -> Path | None:
+    """Move a damaged checkpoint into ``<workdir>/damaged/<step>`` (``<step>-2``, ... if taken); never deletes.
+
+    Returns the new path, or None if it could not be moved (a read-only workdir): it then stays where it is.
+    """
+    target_dir = step_dir.parent.parent / DAMAGED_DIR
+    try:
+        target_dir.mkdir(exist_ok=True)
+        target, n = target_dir / step_dir.name, 1
+        while target.exists():
+            n += 1
+            target = target_dir / f"{step_dir.name}-{n}"
+        step_dir.rename(target)
+        return target
+    except OSError:
+        return None
+
+
+def _report(step_dir: Path, why: str, moved: Path | None) -> str:
+    where = f"moved it to {moved}" if moved else "skipped it (left in place: it cannot be moved now)"
+    return f"checkpoint {step_dir.name} in {step_dir.parent} is damaged ({why}); {where}"
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+def set_aside_unopenable(workdir: str | os.PathLike, move: bool, say: Callable[[str], None]) -> list[int]:
+    """Move aside (``move``, process 0) every checkpoint whose metadata would stop orbax from opening the directory.
+
+    Returns their steps. Without ``move`` (another process holds the workdir) such a checkpoint cannot be
+    skipped, and WorkdirError says so. Other processes only look (process 0 moves).
+    """
+    steps = []
+    for d in step_dirs(workdir):
+        why = unopenable(d)
+        if why is None:
+            continue
+        if jax.process_index() != 0:
+            steps.append(int(d.name))
+            continue
+        moved = move_aside(d) if move else None
+        if moved is None:
+            raise WorkdirError(
+                f"checkpoint {d.name} in {d.parent} is damaged ({why}) and cannot be moved aside now; move it out "
+                f"of {d.parent} (or rerun when the run holding {workdir} has ended)."
+            )
+        say(_report(d, why, moved))
+        steps.append(int(d.name))
+    return steps
+
+
+def saved_shapes(step_dir: Path) -> list[tuple]:
+    """The sorted array shapes a checkpoint holds, from its orbax metadata (raises if that is unreadable)."""
+    meta = ocp.StandardCheckpointer().metadata(step_dir / "default").item_metadata
+    if meta is None:
+        raise FileNotFoundError("its array metadata cannot be read")
+    return sorted(tuple(x.shape) for x in jax.tree.leaves(meta.tree))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"sashimi_jax {name}")
+
+
+def restore_intact(
+    workdir: str | os.PathLike,
+    open_fn: Callable[[], ocp.CheckpointManager],
+    abstract_state: Any,
+    which: str = "latest",
+    move: bool = True,
+    say: Callable[[str], None] = print,
+) -> tuple[ocp.CheckpointManager, int | None, Any]:
+    """Open the checkpoints of ``workdir`` (``open_fn``, e.g. :func:`open_manager`) and restore the ``which``
+    checkpoint ("latest" or "best"), else the newest intact one. Returns (manager, step, state); step and state
+    are None when there is no checkpoint.
+
+    A checkpoint that cannot be read is named in one sentence (``say``), moved aside into ``damaged/`` when
+    ``move`` (only by process 0; never deleted) and skipped; the manager is reloaded after a move.
+
+    Raises:
+      WorkdirError: a checkpoint holds arrays of other shapes than ``abstract_state`` (another model or code
+      version; left in place), or there were checkpoints but none is intact (the manager is then closed).
+    """
+    damaged = set_aside_unopenable(workdir, move, say)
+    _sync("unopenable checkpoints")
+    manager = open_fn()
+    try:
+        step, state = _restore_first_intact(manager, abstract_state, which, move, say, damaged)
+    except BaseException:
+        manager.close()
+        raise
+    return manager, step, state
+
+
+def _restore_first_intact(manager, abstract_state, which, move, say, damaged) -> tuple[int | None, Any]:
+    """The loop of :func:`restore_intact` over an open manager (``damaged``: steps already set aside)."""
+    want = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
+    first = best_step(manager) if which == "best" else manager.latest_step()
+    order = [] if first is None else [first] + sorted((s for s in manager.all_steps() if s != first), reverse=True)
+    for step in order:
+        d = Path(manager.directory) / str(step)
+        try:
+            shapes = saved_shapes(d)
+        except Exception as err:  # noqa: BLE001 -- orbax / tensorstore raise many types for a damaged file
+            why = _short(err)
+        else:
+            if shapes != want:
+                raise WorkdirError(
+                    f"checkpoint {step} in {d.parent} holds {len(shapes)} arrays of other shapes than this run's "
+                    f"{len(want)} (another model or code version); use a new --workdir."
+                )
+            try:
+                return step, restore(manager, step, abstract_state)
+            except Exception as err:  # noqa: BLE001
+                why = _short(err)
+        moved = move_aside(d) if move and jax.process_index() == 0 else None
+        say(_report(d, why, moved))
+        damaged.append(step)
+        _sync(f"damaged checkpoint {step}")
+        manager.reload()
+    if damaged:
+        raise WorkdirError(
+            f"no intact checkpoint in {Path(manager.directory)} (damaged: steps {', '.join(map(str, damaged))}"
+            f"{', moved to ' + str(Path(manager.directory).parent / DAMAGED_DIR) if move else ''}); retrain "
+            "(experiments/train.py then starts from step 0) or pass another --workdir."
+        )
+    return None, None
+
+
 def best_step(manager: ocp.CheckpointManager) -> int | None:
     """The checkpoint with the lowest validation loss, or the latest one if none carries a validation loss."""
     return manager.best_step() or manager.latest_step()
@@ -220,6 +387,7 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 __all__ = [
     "CKPT_DIR",
     "CONFIG_FILE",
+    "DAMAGED_DIR",
     "ConfigError",
     "WorkdirError",
     "abstract_like",
@@ -232,6 +400,8 @@ __all__ = [
     "open_manager",
     "read_saved_config",
     "restore",
+    "restore_intact",
+    "set_aside_unopenable",
     "save",
     "write_config",
 ]

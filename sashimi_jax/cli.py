@@ -60,6 +60,17 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def signal_exit_code(name: str) -> int:
+    """The exit status of a run stopped by signal ``name`` ("SIGTERM" -> 143, "SIGINT" -> 130): 128 + its number,
+    as shells and schedulers (SLURM requeue, Kubernetes) expect; a stop asked on another process counts as SIGTERM."""
+    import signal
+
+    try:
+        return 128 + int(signal.Signals[name])
+    except KeyError:
+        return 128 + int(signal.SIGTERM)
+
+
 def quiet_logs() -> None:
     """Show warnings and errors only (orbax / absl INFO chatter off), unless --verbosity was given."""
     import logging

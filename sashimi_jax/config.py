@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Hugging Face dataset (a local directory laid out like a hub dataset also works as "hf:/path").
     d.source = "synthetic"
     d.hf_files = ""  # comma-separated file names / glob patterns to take from an hf: source ("" = all audio)
-    d.hf_token = ""  # Hugging Face token for gated datasets ("" = use HF_TOKEN / the cached login)
+    d.hf_token = ""  # Hugging Face token for gated datasets ("" = use HF_TOKEN / the cached login); never saved
     d.sample_rate = 16000  # audio is resampled to this rate (Hz)
     d.chunk_seconds = 60.0  # long recordings are cut into chunks of this many seconds ("files")
     d.sample_len = 131072  # training window length in samples (reference: 131072 = 8.2 s)
@@ -96,6 +96,32 @@ def lock(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+# ---------------------------------------------------------------- secrets
+
+SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential")
+REDACTED = "<redacted>"  # what config.json holds in place of a secret (the environment variable is the way)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (dotted or not) names a secret, by its last part: ``data.hf_token`` is one."""
+    name = key.rsplit(".", 1)[-1].lower()
+    return any(w in name for w in SECRET_WORDS)
+
+
+def redact(data: dict, prefix: str = "") -> dict:
+    """A copy of plain config data (``json.loads(cfg.to_json())``) with every non-empty secret string replaced
+    by :data:`REDACTED`: what may reach a file, a log or TensorBoard."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out[key] = redact(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and value and is_secret_key(f"{prefix}{key}"):
+            out[key] = REDACTED
+        else:
+            out[key] = value
+    return out
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
 from sashimi_jax import optim, parallel
 from sashimi_jax import train as trainlib
+from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
 from sashimi_jax.sashimi import SaShiMi
 
@@ -39,14 +41,15 @@ def restore_for_eval(workdir: str | os.PathLike, which: str = "best", mesh: jax.
       which: "best" (lowest validation loss; the latest if none was evaluated) or "latest".
     Returns:
       (cfg, ModelParts, evaluation params (replicated on ``mesh``; the EMA when the run kept one), step).
+    A damaged checkpoint is named, moved aside (unless a training run holds the workdir: then only skipped)
+    and the next one used (checkpoint.restore_intact).
+
     Raises:
-      checkpoint.WorkdirError: no such workdir, no config.json, or no checkpoint in it.
+      checkpoint.WorkdirError: no such workdir (or a file), no config.json, or no intact checkpoint in it.
     """
-    path = Path(workdir)
     if which not in ("best", "latest"):
         raise ConfigError(f"--which={which!r} must be 'best' or 'latest'.")
-    if not path.is_dir():
-        raise ckpt.WorkdirError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
+    path = workdirlib.check_run_dir(workdir)
     saved = ckpt.read_saved_config(path)
     if saved is None or not ckpt.has_checkpoints(path):
         missing = ckpt.CONFIG_FILE if saved is None else "checkpoint"
@@ -58,13 +61,20 @@ def restore_for_eval(workdir: str | os.PathLike, which: str = "best", mesh: jax.
     mesh = parallel.make_mesh() if mesh is None else mesh
     parts, params = trainlib.build_model(cfg)
     host_state = trainlib.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
-    manager = ckpt.open_manager(path, read_only=True)
-    try:
-        step = ckpt.best_step(manager) if which == "best" else manager.latest_step()
-        state = ckpt.restore(manager, step, ckpt.abstract_like(host_state, parallel.replicated(mesh)))
-    finally:
-        manager.close()
+    say = _say_stderr if jax.process_index() == 0 else (lambda s: None)  # stdout carries the JSON result
+    move = not workdirlib.in_use(path)  # a running training run keeps its checkpoints where they are
+    abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
+    opener = lambda: ckpt.open_manager(path, read_only=True)  # noqa: E731
+    manager, step, state = ckpt.restore_intact(path, opener, abstract, which, move=move, say=say)
+    manager.close()
+    if step is None:
+        raise ckpt.WorkdirError(f"workdir {workdir} holds no intact checkpoint; retrain or pass another --workdir.")
     return cfg, parts, trainlib.eval_params(state), int(step)
+
+
+
+def _say_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def load_model(workdir: str | os.PathLike, which: str = "best") -> tuple[Any, SaShiMi, int]:
@@ -100,6 +110,8 @@ def evaluate_run(
     """
     if split not in SPLITS:
         raise ConfigError(f"--split={split!r} must be one of {', '.join(SPLITS)}.")
+    if write and jax.process_index() == 0:  # before the work: an unwritable workdir fails at once
+        workdirlib.ensure_writable(workdirlib.check_run_dir(workdir))
     mesh = parallel.make_mesh() if mesh is None else mesh
     cfg, parts, params, step = restore_for_eval(workdir, which, mesh)
     bs = eval_batch_size(batch_size, cfg.train.batch_size, mesh.devices.size)

@@ -109,10 +109,9 @@ def saved_config(workdir: str | os.PathLike):
       checkpoint.WorkdirError: no such directory, or no readable config in it.
     """
     from sashimi_jax import checkpoint as ckpt
+    from sashimi_jax.workdir import check_run_dir
 
-    path = Path(workdir)
-    if not path.is_dir():
-        raise ckpt.WorkdirError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
+    path = check_run_dir(workdir)
     saved = ckpt.read_saved_config(path)
     if saved is None:
         raise ckpt.WorkdirError(
@@ -306,6 +305,7 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
 
     from sashimi_jax import data, mulaw
     from sashimi_jax import sample as samplelib
+    from sashimi_jax.workdir import ensure_writable
 
     check_request(req)
     workdir = Path(req.workdir) if req.workdir else find_default_workdir()
@@ -328,12 +328,11 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
             f"--rank scores whole samples in parallel mode (memory grows with length); use --seconds <= "
             f"{RANK_MAX_SECONDS:.0f} with --rank, or --rank=none."
         )
+    out = ensure_writable(Path(req.out) if req.out else workdir / "samples", "--out")
     model, cfg, step = load_trained(workdir, req.which)  # after the cheap checks: a bad prompt fails fast
     n_prompt = 0 if prompt is None else int(prompt.shape[0])
     steps = total - n_prompt
     b = req.num_samples
-    out = Path(req.out) if req.out else workdir / "samples"
-    out.mkdir(parents=True, exist_ok=True)
     stems = output_names(out, b)
     chunk = max(1, round(req.chunk_seconds * rate))
     gen = samplelib.Generator(model, sampling, chunk)

@@ -35,6 +35,7 @@ from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
 from sashimi_jax import metrics as metlib
 from sashimi_jax import optim, parallel
+from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
 from sashimi_jax.logs import RunLog
 from sashimi_jax.sashimi import SaShiMi, count_params
@@ -307,6 +308,31 @@ def nonfinite_message(out: dict, step: int, good_step: int | None, ckpt_dir: Pat
     )
 
 
+def claim_workdir(workdir: str) -> workdirlib.WorkdirLock | None:
+    """Make ``workdir`` ready for one training run; returns the lock held (process 0) or None (other processes).
+
+    Process 0 (the one that writes config, logs and metrics) checks that the workdir is a writable directory,
+    and takes its lock; every process learns the outcome.
+    Raises checkpoint.WorkdirError (on every process) if process 0 could not.
+    """
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            workdirlib.ensure_writable(workdir)
+            lock = workdirlib.lock_workdir(workdir)
+        except ckpt.WorkdirError as err:
+            error = err
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not ok and error is None:
+            error = ckpt.WorkdirError(f"process 0 could not use workdir {workdir} (its error says why).")
+    if error is not None:
+        raise error
+    return lock
+
+
 def train(
     cfg: ml_collections.ConfigDict,
     workdir: str,
@@ -317,23 +343,35 @@ def train(
 ) -> dict:
     """Train (or resume) the run of ``cfg`` in ``workdir``; returns a summary dict.
 
-    Rerunning with the same config and workdir resumes from the latest checkpoint and ends with bit-identical
-    parameters to an uninterrupted run. SIGTERM / SIGINT write a checkpoint and return early
-    (``summary["stopped_by"]``).
+    Rerunning with the same config and workdir resumes from the latest intact checkpoint and ends with
+    bit-identical parameters to an uninterrupted run. SIGTERM / SIGINT write a checkpoint and return early
+    (``summary["stopped_by"]``). The workdir is locked for the whole run (:func:`claim_workdir`), and
+    ``config.json`` is written only with a checkpoint: a run that saves none leaves it as it was.
 
     Raises:
-      ConfigError / data.DataError: bad settings or data (nothing written).
-      checkpoint.WorkdirError: ``workdir`` holds a run of another model (nothing touched).
+      ConfigError / data.DataError: bad settings or data (nothing written but the workdir and its train.lock).
+      checkpoint.WorkdirError: ``workdir`` holds a run of another model (nothing touched), is not a writable
+      directory, is held by another training run, or holds checkpoints of which none is intact.
       NonFiniteLoss: NaN/inf loss or gradient; the last good checkpoint is kept, the bad state is not saved.
     """
+    check_train_config(cfg)
+    ckpt.check_resume(workdir, cfg)
+    lock = claim_workdir(workdir)
+    try:
+        return _train_claimed(cfg, workdir, mesh, progress, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress: bool, log) -> dict:
+    """:func:`train` (same arguments) in a workdir this run holds (:func:`claim_workdir`)."""
     primary = jax.process_index() == 0
     say = log or (_write_line if primary else (lambda s: None))
-    check_train_config(cfg)
     mesh = parallel.make_mesh() if mesh is None else mesh
     t = cfg.train
     parallel.check_batch_size(int(t.batch_size), mesh)
     workdir_path = Path(workdir)
-    ckpt.check_resume(workdir_path, cfg)
 
     prepared = datalib.prepare(cfg.data)
     datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
@@ -341,22 +379,20 @@ def train(
     tx = optim.make_optimizer(t, parts.labels)
     host_state = init_state(cfg, params, tx)
 
-    if primary:
-        workdir_path.mkdir(parents=True, exist_ok=True)
-        ckpt.write_config(workdir_path, cfg)
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
         f"data: {len(prepared.train)} train / {len(prepared.val)} val / {len(prepared.test)} test windows of "
         f"{cfg.data.sample_len} samples ({prepared.cache_path}); workdir {workdir_path}"
     )
 
-    manager = ckpt.open_manager(workdir_path, int(t.keep_ckpts))
-    start = manager.latest_step() or 0
-    if start:
-        state = ckpt.restore(manager, start, ckpt.abstract_like(host_state, parallel.replicated(mesh)))
+    abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
+    manager, start, state = ckpt.restore_intact(
+        workdir_path, lambda: ckpt.open_manager(workdir_path, int(t.keep_ckpts)), abstract, say=say
+    )
+    if start is not None:  # step 0 too: a run made by experiments/convert.py continues the official weights
         say(f"resumed from checkpoint {start} in {workdir_path / ckpt.CKPT_DIR}")
     else:
-        state = replicate(host_state, mesh)
+        start, state = 0, replicate(host_state, mesh)
     del host_state, params
     plateau = plateau_values(parallel.tree_to_host(state["plateau"]))
 
@@ -424,6 +460,8 @@ def train(
 
             stopping = stop.requested()
             if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
+                if primary:  # the config goes with a checkpoint only: a run that saves none leaves config.json
+                    ckpt.write_config(workdir_path, cfg)
                 ckpt.save(manager, done, state, val_loss)
             if stopping:
                 manager.wait_until_finished()

@@ -438,7 +438,7 @@ def test_sigterm_writes_checkpoint_and_resumes(env, reference, tmp_path):
     workdir = tmp_path / "term"
     proc, log = interrupt_training(env, workdir, signal.SIGTERM)
     out = log.read_text()
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]  # 143: a checkpointed stop, no success
     assert "stopped by SIGTERM at step" in out
     stopped = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert 10 <= stopped < REF_STEPS
@@ -502,6 +502,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, reference, tmp
     (stale / "default").mkdir(parents=True)
     (stale / "default" / "junk").write_bytes(b"partial")
     assert load_params(workdir)[0] == REF_STEPS  # an unfinished (temporary) checkpoint is never used
+    saved_config = (workdir / "config.json").read_bytes()
     res = run_cli(
         [TRAIN_CLI, *cli_flags(env, "train.lr=1e30", f"train.num_steps={REF_STEPS + 10}"), "--workdir", str(workdir)]
     )
@@ -509,6 +510,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, reference, tmp
     err = res.stderr.strip().splitlines()[-1]
     assert err.startswith("error: non-finite") and f"last good checkpoint is step {REF_STEPS}" in err
     assert not stale.exists()  # removed when the run reopened the checkpoints
+    assert (workdir / "config.json").read_bytes() == saved_config  # no checkpoint saved, so lr 1e30 is not recorded
     step, params = load_params(workdir)
     assert step == REF_STEPS
     assert_same_params(params, reference[1])
@@ -541,3 +543,151 @@ def test_evaluate_cli_writes_metric_table(env, reference, tmp_path):
     (tmp_path / "empty").mkdir()
     res = run_cli([EVAL_CLI, "--workdir", str(tmp_path / "empty")], timeout=60)
     assert res.returncode == 1 and "holds no config.json" in res.stderr
+
+
+# ------------------------------------------------------------------------------ faults: damage, secrets, locks
+
+
+def damage(step_dir: Path, how: str) -> None:
+    """Damage a finished checkpoint as a full disk, a bad copy or a stray ``rm`` would."""
+    if how == "truncate":  # every data file of the checkpoint's arrays cut in half
+        for f in (step_dir / "default" / "d").iterdir():
+            os.truncate(f, f.stat().st_size // 2)
+    elif how == "no_metadata":
+        (step_dir / "default" / "_METADATA").unlink()
+    elif how == "empty_metadata":  # stops orbax from opening the whole checkpoints directory
+        (step_dir / "_CHECKPOINT_METADATA").write_bytes(b"")
+
+
+def damaged_copy(reference, tmp_path: Path, how: str, steps=(REF_STEPS,)) -> Path:
+    workdir = tmp_path / how
+    shutil.copytree(reference[0], workdir)
+    for step in steps:
+        damage(workdir / "checkpoints" / str(step), how)
+    return workdir
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty_metadata"])
+def test_damaged_newest_checkpoint_is_moved_aside_for_evaluate_and_generate(env, reference, tmp_path, how, capsys):
+    from sashimi_jax.evaluate import evaluate_run
+    from sashimi_jax.generate import load_trained
+
+    workdir = damaged_copy(reference, tmp_path, how)
+    files = {p.relative_to(workdir / "checkpoints"): p.read_bytes() for p in (workdir / "checkpoints").rglob("*") if p.is_file()}
+    older = max(s for s in latest_steps(workdir) if s != REF_STEPS)
+    with jax.default_device(CPU[0]):
+        result = evaluate_run(workdir, "val", which="latest", mesh=parallel.make_mesh(CPU[:1]))
+    assert result["step"] == older
+    err = capsys.readouterr().err  # stderr (evaluate's stdout is its JSON), beside the progress bar
+    said = [line for line in err.splitlines() if "damaged" in line]
+    assert len(said) == 1 and "Traceback" not in err and said[0].startswith(f"checkpoint {REF_STEPS} in {workdir / 'checkpoints'} is damaged (")
+    assert said[0].endswith(f"moved it to {workdir / 'damaged' / str(REF_STEPS)}")
+    moved = {p.relative_to(workdir / "damaged"): p.read_bytes() for p in (workdir / "damaged").rglob("*") if p.is_file()}
+    assert moved and all(files[k] == v for k, v in moved.items())  # moved aside whole, never deleted
+    assert not (workdir / "checkpoints" / str(REF_STEPS)).exists()
+    with jax.default_device(CPU[0]):
+        _, _, step = load_trained(workdir, "latest")  # generation's loader: the same intact checkpoint, silently
+    assert step == older and capsys.readouterr().err == ""
+
+
+def latest_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_resume_after_damaged_newest_checkpoint_is_bit_identical(env, reference, tmp_path):
+    workdir = damaged_copy(reference, tmp_path, "no_metadata")
+    older = max(s for s in latest_steps(workdir) if s != REF_STEPS)
+    out = rerun_to_end(env, workdir)
+    assert f"checkpoint {REF_STEPS} in {workdir / 'checkpoints'} is damaged (its array metadata" in out
+    assert f"resumed from checkpoint {older}" in out and "Traceback" not in out
+    assert_same_params(load_params(workdir)[1], reference[1])  # trained again from the older one, bit-identical
+    assert (workdir / "damaged" / str(REF_STEPS) / "default" / "manifest.ocdbt").is_file()
+
+
+def test_no_intact_checkpoint_says_so(env, reference, tmp_path):
+    from sashimi_jax.evaluate import evaluate_run
+
+    workdir = tmp_path / "all"
+    shutil.copytree(reference[0], workdir)
+    for step in latest_steps(workdir):
+        damage(workdir / "checkpoints" / str(step), "truncate")
+    with jax.default_device(CPU[0]), pytest.raises(ckpt.WorkdirError, match=r"^no intact checkpoint in .*damaged: steps"):
+        evaluate_run(workdir, "val", mesh=parallel.make_mesh(CPU[:1]))
+    assert latest_steps(workdir) == [] and len(list((workdir / "damaged").iterdir())) >= 2
+
+
+def test_checkpoint_of_other_shapes_is_refused_not_moved(env, reference, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(reference[0], workdir)
+    cfg = tiny_cfg(env, f"train.num_steps={REF_STEPS}", "train.ema=0.5")  # one more copy of the parameters
+    ckpt.write_config(workdir, cfg)  # as if an older code version had saved these checkpoints under this config
+    with pytest.raises(ckpt.WorkdirError, match=f"checkpoint {REF_STEPS} in .* holds .* arrays of other shapes"):
+        run_train(cfg, workdir)
+    assert REF_STEPS in latest_steps(workdir) and not (workdir / "damaged").exists()
+
+
+def test_token_override_reaches_no_file(env, tmp_path):
+    token = "hf_SeCrEt0123456789abcdef"
+    workdir = tmp_path / "w"
+    run_train(tiny_cfg(env, "train.num_steps=5", f"data.hf_token={token}"), workdir)
+    leaks = [str(p) for p in workdir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaks == []
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["data"]["hf_token"] == "<redacted>"
+    assert ckpt.config_from_json(saved).data.hf_token == ""  # redacted: the default, so HF_TOKEN applies
+    assert ckpt.config_mismatches(saved, tiny_cfg(env, "data.hf_token=hf_other")) == []
+    summary = run_train(tiny_cfg(env, "train.num_steps=5", "data.hf_token=hf_other"), workdir)  # resumes
+    assert summary["start_step"] == 5
+
+
+def test_second_launch_on_a_workdir_is_refused_at_once(env, reference, tmp_path):
+    workdir = tmp_path / "w"
+    proc, log = start_training(env, workdir)
+    lock = workdir / "train.lock"
+    deadline = time.time() + 60
+    while not (lock.exists() and str(proc.pid) in lock.read_text()):
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    t0 = time.time()
+    res = run_cli([TRAIN_CLI, *cli_flags(env, f"train.num_steps={REF_STEPS}"), "--workdir", str(workdir)], timeout=60)
+    took = time.time() - t0
+    assert res.returncode == 1 and took < 10, (took, res.stderr[-2000:])
+    assert res.stderr.strip().startswith(f"error: workdir {workdir} is in use by process {proc.pid} on ")
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+    assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+    assert_same_params(load_params(workdir)[1], reference[1])  # the first run, undisturbed
+    assert_same_train_log(workdir, reference[0])
+
+
+def test_unwritable_workdir_fails_before_any_work(env, reference, tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    res = run_cli([TRAIN_CLI, *cli_flags(env, "train.num_steps=5"), "--workdir", str(afile)], timeout=60)
+    assert res.returncode == 1 and res.stderr.strip() == (
+        f"error: --workdir {afile} is a regular file, not a directory; pass a directory path (created if missing)."
+    )
+    # A read-only workdir holding a finished run: a read-only bind mount in a private mount namespace.
+    ro = tmp_path / "ro"
+    shutil.copytree(reference[0], ro)
+    before = snapshot(ro)
+    mount = f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} {ro} && exec \"$@\""
+    if subprocess.run(["unshare", "-rm", "sh", "-c", mount, "-", "true"], check=False).returncode:
+        pytest.skip("no read-only bind mount possible here (unshare / mount refused)")
+    for cli_args, expect in (
+        ([EVAL_CLI, "--workdir", str(ro)], f"error: cannot write to --workdir {ro} (Read-only file system)"),
+        (
+            [TRAIN_CLI, *cli_flags(env, f"train.num_steps={REF_STEPS + 5}"), "--workdir", str(ro)],
+            f"error: cannot write to --workdir {ro} (Read-only file system)",
+        ),
+        (
+            [str(REPO / "experiments" / "generate.py"), "--workdir", str(ro), "--seconds", "0.01", "--num_samples", "1"],
+            f"error: cannot write to --out {ro / 'samples'} (Read-only file system)",
+        ),
+    ):
+        res = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", mount, "-", sys.executable, *cli_args],
+            check=False, capture_output=True, text=True, timeout=90, cwd=REPO, env=cpu_env(),
+        )
+        assert res.returncode == 1 and res.stderr.strip().startswith(expect), res.stderr[-2000:]
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert snapshot(ro) == before
