@@ -34,7 +34,7 @@ from flax import nnx
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
 from sashimi_jax import metrics as metlib
-from sashimi_jax import optim, parallel
+from sashimi_jax import optim, parallel, stream
 from sashimi_jax.config import ConfigError
 from sashimi_jax.logs import RunLog
 from sashimi_jax.sashimi import SaShiMi, count_params
@@ -314,8 +314,11 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    source: datalib.DatasetSource | None = None,
 ) -> dict:
     """Train (or resume) the run of ``cfg`` in ``workdir``; returns a summary dict.
+
+    ``source`` (e.g. ``data.from_dataset(ds)``) replaces ``cfg.data.source``.
 
     Rerunning with the same config and workdir resumes from the latest checkpoint and ends with bit-identical
     parameters to an uninterrupted run. SIGTERM / SIGINT write a checkpoint and return early
@@ -335,8 +338,15 @@ def train(
     workdir_path = Path(workdir)
     ckpt.check_resume(workdir_path, cfg)
 
-    prepared = datalib.prepare(cfg.data)
-    datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
+    prepared = datalib.prepare(cfg.data, source)
+    feed = None  # streaming: this host's batches and their position (sashimi_jax.stream)
+    if prepared.stream is not None:
+        local_batch = int(t.batch_size) // jax.process_count()
+        feed = stream.StreamFeed(
+            prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count()
+        )
+    else:
+        datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
     parts, params = build_model(cfg)
     tx = optim.make_optimizer(t, parts.labels)
     host_state = init_state(cfg, params, tx)
@@ -346,7 +356,8 @@ def train(
         ckpt.write_config(workdir_path, cfg)
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
-        f"data: {len(prepared.train)} train / {len(prepared.val)} val / {len(prepared.test)} test windows of "
+        f"data: {'streamed' if feed else len(prepared.train)} train / {len(prepared.val)} val / "
+        f"{len(prepared.test)} test windows of "
         f"{cfg.data.sample_len} samples ({prepared.cache_path}); workdir {workdir_path}"
     )
 
@@ -355,6 +366,8 @@ def train(
     if start:
         state = ckpt.restore(manager, start, ckpt.abstract_like(host_state, parallel.replicated(mesh)))
         say(f"resumed from checkpoint {start} in {workdir_path / ckpt.CKPT_DIR}")
+        if feed is not None:
+            feed.restore(stream.load_position(workdir_path, start, jax.process_index()))
     else:
         state = replicate(host_state, mesh)
     del host_state, params
@@ -378,8 +391,12 @@ def train(
         say(f"already trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
     try:
         for step in range(start, int(t.num_steps)):
-            targets = datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), step)
-            state, out = step_fn(state, parallel.shard_batch(targets, mesh))
+            if feed is None:
+                targets = datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), step)
+                targets = parallel.shard_batch(targets, mesh)
+            else:
+                targets = parallel.shard_local_batch(feed.next_batch(), mesh)
+            state, out = step_fn(state, targets)
             out = {k: float(v) for k, v in parallel.tree_to_host(out).items()}
             done = step + 1
             if not _finite(out["loss"], out["grad_norm"]) or not out.pop("params_finite"):
@@ -424,6 +441,9 @@ def train(
 
             stopping = stop.requested()
             if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
+                if feed is not None:  # the data position goes first: a checkpoint never exists without it
+                    stream.save_position(workdir_path, done, feed.position(), jax.process_index())
+                    stream.prune_positions(workdir_path, set(manager.all_steps()))
                 ckpt.save(manager, done, state, val_loss)
             if stopping:
                 manager.wait_until_finished()
@@ -441,6 +461,8 @@ def train(
         return summary
     finally:
         stop.restore()
+        if feed is not None:
+            feed.close()
         if bar is not None:
             bar.close()
         manager.wait_until_finished()

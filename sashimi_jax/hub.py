@@ -1,0 +1,156 @@
+"""``data.source = "hf:ORG/NAME"``: a Hugging Face dataset opened with ``datasets.load_dataset``.
+
+The dataset's config name, data files, split, revision and token come from ``data.hf_*`` and are passed
+through. ``"hf:/a/dir"`` is a local directory laid out like a hub dataset (data files, a ``README.md``
+with split metadata) and goes through the same calls. The audio is never decoded by ``datasets``
+(which in 5.x needs torch and torchcodec):
+
+  * tables (parquet, arrow, ...) with an ``Audio`` column are cast to ``Audio(decode=False)``, which
+    yields each row's encoded ``{bytes, path}``;
+  * repositories of plain audio files or zip archives of them (the ``audiofolder`` builder) are read
+    with the audio column typed as a string, which yields each file's local path or URL
+    (``zip://member::archive``), opened with ``datasets``' own ``xopen``.
+
+Splits the dataset defines (train / validation / test) are used as they are; a dataset with one split
+(or ``data.hf_split`` naming one) is split 88/6/6 by the caller (sashimi_jax.data).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sashimi_jax.data import DataError, DatasetSource
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
+
+
+def hub_kwargs(data_cfg: Any) -> dict:
+    """The ``load_dataset`` arguments of ``data.source = "hf:..."`` and the ``data.hf_*`` fields."""
+    d = data_cfg
+    files = [f.strip() for f in d.hf_files.split(",") if f.strip()]
+    cache = f"{d.cache_dir}/hf" if d.cache_dir else None
+    return {
+        "path": os.path.expanduser(d.source.strip()[3:].strip()),
+        "name": d.hf_name or None,
+        "data_files": files or None,
+        "revision": d.hf_revision or None,
+        "token": d.hf_token or None,
+        "cache_dir": cache,
+    }
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, without a final period."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+
+
+def hub_error(err: BaseException, kwargs: dict) -> DataError:
+    """The one-sentence DataError for a ``load_dataset`` failure: what went wrong and what to do."""
+    from datasets.exceptions import DatasetNotFoundError
+
+    repo = kwargs["path"]
+    url = f"https://huggingface.co/datasets/{repo}"
+    text = str(err)
+    if isinstance(err, DatasetNotFoundError) and "gated" in text:
+        return DataError(
+            f"hf:{repo} is gated: accept its conditions at {url} and set data.hf_token or HF_TOKEN "
+            "(or run `hf auth login`)."
+        )
+    if isinstance(err, DatasetNotFoundError):
+        return DataError(
+            f"hf:{repo} was not found on the Hugging Face Hub: check the name at {url}, or set "
+            "data.hf_token or HF_TOKEN if it is private."
+        )
+    if isinstance(err, ConnectionError):
+        files = " ".join(kwargs["data_files"] or [])
+        command = f"hf download {repo} {files} --repo-type dataset".replace("  ", " ")
+        return DataError(
+            f"could not reach the Hugging Face Hub for {repo} and it is not in the local cache: check your "
+            f"network, or pre-download it with `{command}` and use data.source=hf:/that/folder, "
+            "or use data.source=/local/folder."
+        )
+    if isinstance(err, FileNotFoundError) and kwargs["data_files"]:
+        return DataError(
+            f"no file of hf:{repo} matches data.hf_files={','.join(kwargs['data_files'])!r} ({_first_line(err)}); "
+            "set data.hf_files to names or globs of files in the dataset repository."
+        )
+    return DataError(f"datasets could not open hf:{repo} ({_first_line(err)}); check data.source and data.hf_*.")
+
+
+def _open(call, kwargs: dict, **extra) -> Any:
+    """``call(**kwargs, **extra)`` (a ``datasets`` loader) with its failures turned into one DataError."""
+    try:
+        return call(**kwargs, **extra)
+    except (OSError, ValueError) as err:  # DatasetNotFoundError, ConnectionError, FileNotFoundError are these
+        raise hub_error(err, kwargs) from err
+
+
+def our_splits(names: list[str], only: str) -> dict[str, str]:
+    """{our split ("train", "val", "test"): the dataset's split name} of the splits to read.
+
+    One split (``only``, or the only one defined) comes back as "train", to be split 88/6/6.
+    """
+    if only:
+        if only not in names:
+            raise DataError(f"data.hf_split={only!r} is not a split of the dataset (it has {', '.join(names)}).")
+        return {"train": only}
+    mapped = {SPLIT_NAMES[n]: n for n in names if n in SPLIT_NAMES}
+    if "train" not in mapped or len(mapped) == 1:
+        first = mapped.get("train", names[0])
+        return {"train": first}
+    ignored = [n for n in names if n not in mapped.values()]
+    if ignored:
+        logger.warning("ignoring split(s) %s: only train / validation / test are read.", ", ".join(ignored))
+    return mapped
+
+
+def audio_column(features: Any, label: str) -> str:
+    """The name of the dataset's ``Audio`` column, preferring one named "audio"."""
+    from datasets import Audio
+
+    found = [name for name, feature in (features or {}).items() if isinstance(feature, Audio)]
+    if not found:
+        columns = ", ".join(features or {}) or "none known"
+        raise DataError(f"{label} has no Audio column (columns: {columns}); pick a dataset or data.hf_files with audio.")
+    return "audio" if "audio" in found else found[0]
+
+
+def load_hub(data_cfg: Any) -> DatasetSource:
+    """Open ``data.source = "hf:..."`` with ``datasets``: every split to read, audio undecoded.
+
+    Non-streaming splits are downloaded and prepared by ``datasets`` (into ``<data.cache_dir>/hf`` when
+    set, else the Hugging Face cache); streaming ones (``data.streaming``) are ``IterableDataset``s.
+
+    Raises:
+      DataError: unreachable, unknown or gated dataset, no matching files, no audio column, unknown split.
+    """
+    import datasets
+    from datasets.packaged_modules.folder_based_builder.folder_based_builder import FolderBasedBuilder
+
+    d = data_cfg
+    label = d.source.strip()
+    kwargs = hub_kwargs(d)
+    target = kwargs["path"]
+    if target.startswith(("/", ".", "~")) and not Path(target).is_dir():
+        raise DataError(f"{label} names no existing directory; fix the path or use hf:ORG/NAME for the Hub.")
+    builder = _open(datasets.load_dataset_builder, kwargs)
+    extra: dict[str, Any] = {}
+    if isinstance(builder, FolderBasedBuilder):  # plain audio files / zip archives: read them as paths
+        extra = {"features": datasets.Features({"audio": datasets.Value("string")}), "drop_labels": True}
+        column = "audio"
+    else:
+        column = audio_column(builder.info.features, label)
+    names = list(builder.config.data_files or builder.info.splits or ["train"])
+    splits = {}
+    for ours, name in our_splits(names, d.hf_split).items():
+        ds = _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)
+        if not extra:
+            ds = ds.cast_column(column, datasets.Audio(decode=False))
+        splits[ours] = ds
+    root = os.path.abspath(target) if Path(target).is_dir() else ""
+    return DatasetSource(label, splits, column, root=root, token=d.hf_token)
