@@ -362,7 +362,7 @@ class DatasetSource:
         return isinstance(self.splits["train"], datasets.IterableDataset)
 
 
-def _undecoded(ds: Any, column: str, label: str) -> Any:
+def undecoded(ds: Any, column: str, label: str) -> Any:
     """``ds`` with ``column`` cast to ``Audio(decode=False)`` if it is an Audio column; DataError if absent."""
     import datasets
 
@@ -405,7 +405,7 @@ def from_dataset(ds: Any, audio_column: str = "audio") -> DatasetSource:
     first = parts["train"]
     name = getattr(first, "_fingerprint", None) or (first.info.dataset_name if first.info else None) or "stream"
     label = f"dataset:{name}"
-    return DatasetSource(label, {k: _undecoded(v, audio_column, label) for k, v in parts.items()}, audio_column)
+    return DatasetSource(label, {k: undecoded(v, audio_column, label) for k, v in parts.items()}, audio_column)
 
 
 def resolve_source(data_cfg: Any) -> Source | DatasetSource:

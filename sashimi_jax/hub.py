@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sashimi_jax.data import DataError, DatasetSource
+from sashimi_jax.data import DataError, DatasetSource, undecoded
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +110,16 @@ def our_splits(names: list[str], only: str) -> dict[str, str]:
 
 
 def audio_column(features: Any, label: str) -> str:
-    """The name of the dataset's ``Audio`` column, preferring one named "audio"."""
+    """The dataset's audio column: an ``Audio`` column, else an untyped ``{bytes, path}`` struct (the Audio
+    storage of a table written without ``datasets`` metadata); one named "audio" first."""
     from datasets import Audio
 
-    found = [name for name, feature in (features or {}).items() if isinstance(feature, Audio)]
+    features = features or {}
+    found = [n for n, f in features.items() if isinstance(f, Audio)]
+    found = found or [n for n, f in features.items() if isinstance(f, dict) and "bytes" in f]
     if not found:
-        columns = ", ".join(features or {}) or "none known"
-        raise DataError(f"{label} has no Audio column (columns: {columns}); pick a dataset or data.hf_files with audio.")
+        columns = ", ".join(features) or "none known"
+        raise DataError(f"{label} has no audio column (columns: {columns}); pick a dataset or data.hf_files with audio.")
     return "audio" if "audio" in found else found[0]
 
 
@@ -142,15 +145,10 @@ def load_hub(data_cfg: Any) -> DatasetSource:
     extra: dict[str, Any] = {}
     if isinstance(builder, FolderBasedBuilder):  # plain audio files / zip archives: read them as paths
         extra = {"features": datasets.Features({"audio": datasets.Value("string")}), "drop_labels": True}
-        column = "audio"
-    else:
-        column = audio_column(builder.info.features, label)
     names = list(builder.config.data_files or builder.info.splits or ["train"])
-    splits = {}
-    for ours, name in our_splits(names, d.hf_split).items():
-        ds = _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)
-        if not extra:
-            ds = ds.cast_column(column, datasets.Audio(decode=False))
-        splits[ours] = ds
+    splits = {ours: _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)
+              for ours, name in our_splits(names, d.hf_split).items()}
+    column = "audio" if extra else audio_column(splits["train"].features, label)
+    splits = {k: undecoded(v, column, label) for k, v in splits.items()}
     root = os.path.abspath(target) if Path(target).is_dir() else ""
     return DatasetSource(label, splits, column, root=root, token=d.hf_token)
