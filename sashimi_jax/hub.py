@@ -67,12 +67,12 @@ def hub_error(err: BaseException, kwargs: dict) -> DataError:
             "data.hf_token or HF_TOKEN if it is private."
         )
     if isinstance(err, ConnectionError):
-        files = " ".join(kwargs["data_files"] or [])
-        command = f"hf download {repo} {files} --repo-type dataset".replace("  ", " ")
+        files = "".join(f" {f}" for f in kwargs["data_files"] or [])
+        folder = repo.replace("/", "_")
         return DataError(
             f"could not reach the Hugging Face Hub for {repo} and it is not in the local cache: check your "
-            f"network, or pre-download it with `{command}` and use data.source=hf:/that/folder, "
-            "or use data.source=/local/folder."
+            f"network, or download it where there is one with `hf download {repo}{files} --repo-type dataset "
+            f"--local-dir {folder}` and set data.source=hf:/path/to/{folder}."
         )
     if isinstance(err, FileNotFoundError) and kwargs["data_files"]:
         return DataError(

@@ -232,7 +232,8 @@ def test_unreachable_hub_id_fails_fast_with_one_sentence(tmp_path, offline):
     assert time.perf_counter() - start < 5.0
     message = str(err.value)
     assert message.startswith("could not reach the Hugging Face Hub for galbezalel/youtube_bigband")
-    assert "`hf download galbezalel/youtube_bigband youtube_bigband.zip --repo-type dataset`" in message
+    assert "`hf download galbezalel/youtube_bigband youtube_bigband.zip --repo-type dataset --local-dir" in message
+    assert "data.source=hf:/path/to/galbezalel_youtube_bigband" in message
     assert "\n" not in message and message.endswith(".")
 
 
