@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from conftest import data_config as cfg
+
 from sashimi_jax import data
-from sashimi_jax.config import base_config
 from sashimi_jax.mulaw import encode_window, minmax_scale, mu_law_encode
 
 SR = 16000
@@ -42,19 +43,6 @@ def wav_bytes(seconds, rate=SR, freq=440.0):
     buf = io.BytesIO()
     sf.write(buf, tone(seconds, rate, 1, freq), rate, format="WAV")
     return buf.getvalue()
-
-
-def cfg(tmp_path, source, **overrides):
-    """A small, fast data config: 1 s chunks, 4096-sample windows, cache in tmp_path."""
-    d = base_config().data
-    d.source = str(source)
-    d.cache_dir = str(tmp_path / "cache")
-    d.chunk_seconds = 1.0
-    d.sample_len = 4096
-    d.min_seconds = 0.3
-    for k, v in overrides.items():
-        setattr(d, k, v)
-    return d
 
 
 def peak_hz(x, rate=SR):

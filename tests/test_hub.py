@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from conftest import data_config as cfg
+
 from sashimi_jax import data, stream
-from sashimi_jax.config import base_config
 
 SR = 16000
 AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -66,19 +67,6 @@ def hub_dir(tmp_path):
     write_shard(root / "data" / "test-00000-of-00001.parquet", [("t1.wav", 600), ("t2.wav", 650)])
     (root / "README.md").write_text(CARD)
     return root
-
-
-def cfg(tmp_path, source, **overrides):
-    """A small data config: 1 s chunks, 4096-sample windows (3 per 1.2 s row), caches in tmp_path."""
-    d = base_config().data
-    d.source = str(source)
-    d.cache_dir = str(tmp_path / "cache")
-    d.chunk_seconds = 1.0
-    d.sample_len = 4096
-    d.min_seconds = 0.3
-    for k, v in overrides.items():
-        setattr(d, k, v)
-    return d
 
 
 def windows_of(freq):

@@ -15,27 +15,19 @@ import pytest
 
 from sashimi_jax import load_config, parallel, stream, train
 from sashimi_jax.evaluate import restore_for_eval
-from tests.test_hub import TRAIN, hub_dir  # noqa: F401  (the fixture)
+import test_train
+from test_hub import TRAIN, hub_dir  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = jax.devices("cpu")
 STEPS = 8
-TINY = [
-    "model.d_model=16",
-    "model.n_layers=1",
-    "model.d_state=8",
-    "model.pool=()",
-    "data.sample_len=256",
+TINY = [  # the tiny model of test_train, streamed, checkpoints every 2 steps
+    *test_train.TINY,
     "data.streaming=True",
     "data.shuffle_buffer=16",
-    "train.batch_size=4",
-    "train.lr=0.02",
-    "train.schedule=constant",
     f"train.num_steps={STEPS}",
     "train.eval_every=4",
-    "train.eval_batches=1",
     "train.ckpt_every=2",
-    "train.log_every=2",
     "train.keep_ckpts=1",
 ]
 
