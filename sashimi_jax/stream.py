@@ -146,7 +146,6 @@ def batches_from(
     size = max(int(data_cfg.shuffle_buffer), 1)
     windows = windows_from(source, ds, position, data_cfg)
     block, offset = position["block"], position["offset"]
-    first, current = None, np.zeros((0, data_cfg.sample_len), np.uint8)
 
     def next_block() -> tuple[dict, np.ndarray]:
         taken = [next(windows) for _ in range(size)]
@@ -192,19 +191,23 @@ class StreamFeed:
         """The data position after the last batch returned."""
         return self._position
 
+    def _put(self, item: tuple) -> bool:
+        """Queue ``item`` for the training thread, waiting for room; False once closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _produce(self) -> None:
         try:
             for item in batches_from(self.source, self.ds, self._position, self.data_cfg, self.local_batch, self.seed):
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(item):
                     return
         except BaseException as err:  # handed to the training thread, raised there
-            self._queue.put((err, None))
+            self._put((err, None))
 
     def next_batch(self) -> np.ndarray:
         """This host's next batch: int32 (local_batch, L) target windows."""

@@ -1,7 +1,6 @@
 """The data pipeline on audio generated in tmp_path (odd rates, channels, formats, bad files), folders and
 their reports, splits, the cache, batching and prompts (hf: sources and from_dataset: tests/test_hub.py)."""
 
-import io
 import json
 import logging
 import math
@@ -10,8 +9,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -36,13 +33,6 @@ def write(path, seconds=2.5, rate=SR, channels=1, freq=440.0, amp=0.5, **kw):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, tone(seconds, rate, channels, freq, amp), rate, **kw)
     return path
-
-
-def wav_bytes(seconds, rate=SR, freq=440.0):
-    """An in-memory mono wav file."""
-    buf = io.BytesIO()
-    sf.write(buf, tone(seconds, rate, 1, freq), rate, format="WAV")
-    return buf.getvalue()
 
 
 def peak_hz(x, rate=SR):

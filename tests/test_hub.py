@@ -79,6 +79,7 @@ def rows(tokens):
     return sorted(map(bytes, np.asarray(tokens, np.uint8)))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # audioread, tried on the corrupt row, imports aifc
 def test_hub_layout_keeps_the_dataset_splits(tmp_path, hub_dir, capsys):
     prepared = data.prepare(cfg(tmp_path, f"hf:{hub_dir}"))
     assert prepared.manifest["split_unit"] == "dataset"
