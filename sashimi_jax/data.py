@@ -55,6 +55,7 @@ SILENCE_PEAK = 1e-4  # a file whose peak |sample| is below this is "silent" and 
 CACHE_VERSION = 1  # bump when the prepared tokens of the same inputs would change
 SYNTHETIC_SEED = 0  # the synthetic source is one fixed signal
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 
 
 class AudioError(ValueError):
@@ -376,6 +377,25 @@ def undecoded(ds: Any, column: str, label: str) -> Any:
     return ds
 
 
+def our_splits(names: list[str], only: str) -> dict[str, str]:
+    """{our split ("train", "val", "test"): the dataset's split name} of the splits to read.
+
+    One split (``only``, or the only one defined) comes back as "train", to be split 88/6/6.
+    """
+    if only:
+        if only not in names:
+            raise DataError(f"data.hf_split={only!r} is not a split of the dataset (it has {', '.join(names)}).")
+        return {"train": only}
+    mapped = {SPLIT_NAMES[n]: n for n in names if n in SPLIT_NAMES}
+    if "train" not in mapped or len(mapped) == 1:
+        first = mapped.get("train", names[0])
+        return {"train": first}
+    ignored = [n for n in names if n not in mapped.values()]
+    if ignored:
+        logger.warning("ignoring split(s) %s: only train / validation / test are read.", ", ".join(ignored))
+    return mapped
+
+
 def from_dataset(ds: Any, audio_column: str = "audio") -> DatasetSource:
     """A data source from a ``datasets`` object the caller already holds, for :func:`prepare` and training.
 
@@ -389,13 +409,11 @@ def from_dataset(ds: Any, audio_column: str = "audio") -> DatasetSource:
       a :class:`DatasetSource`; pass it as ``prepare(cfg.data, source=...)`` or
       ``train.train(cfg, workdir, source=...)``.
     Raises:
-      DataError: no such column, or no train split.
+      DataError: no such column (a dict without a train split has its first split split 88/6/6).
     """
     import datasets
 
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        from sashimi_jax.hub import our_splits
-
         names = our_splits(list(ds), "")
         parts = {ours: ds[name] for ours, name in names.items()}
     elif isinstance(ds, (datasets.Dataset, datasets.IterableDataset)):

@@ -17,16 +17,11 @@ Splits the dataset defines (train / validation / test) are used as they are; a d
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from sashimi_jax.data import DataError, DatasetSource, undecoded
-
-logger = logging.getLogger(__name__)
-
-SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
+from sashimi_jax.data import DataError, DatasetSource, our_splits, undecoded
 
 
 def hub_kwargs(data_cfg: Any) -> dict:
@@ -90,25 +85,6 @@ def _open(call, kwargs: dict, **extra) -> Any:
         raise hub_error(err, kwargs) from err
 
 
-def our_splits(names: list[str], only: str) -> dict[str, str]:
-    """{our split ("train", "val", "test"): the dataset's split name} of the splits to read.
-
-    One split (``only``, or the only one defined) comes back as "train", to be split 88/6/6.
-    """
-    if only:
-        if only not in names:
-            raise DataError(f"data.hf_split={only!r} is not a split of the dataset (it has {', '.join(names)}).")
-        return {"train": only}
-    mapped = {SPLIT_NAMES[n]: n for n in names if n in SPLIT_NAMES}
-    if "train" not in mapped or len(mapped) == 1:
-        first = mapped.get("train", names[0])
-        return {"train": first}
-    ignored = [n for n in names if n not in mapped.values()]
-    if ignored:
-        logger.warning("ignoring split(s) %s: only train / validation / test are read.", ", ".join(ignored))
-    return mapped
-
-
 def audio_column(features: Any, label: str) -> str:
     """The dataset's audio column: an ``Audio`` column, else an untyped ``{bytes, path}`` struct (the Audio
     storage of a table written without ``datasets`` metadata); one named "audio" first."""
@@ -146,8 +122,10 @@ def load_hub(data_cfg: Any) -> DatasetSource:
     if isinstance(builder, FolderBasedBuilder):  # plain audio files / zip archives: read them as paths
         extra = {"features": datasets.Features({"audio": datasets.Value("string")}), "drop_labels": True}
     names = list(builder.config.data_files or builder.info.splits or ["train"])
-    splits = {ours: _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)
-              for ours, name in our_splits(names, d.hf_split).items()}
+    splits = {
+        ours: _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)
+        for ours, name in our_splits(names, d.hf_split).items()
+    }
     column = "audio" if extra else audio_column(splits["train"].features, label)
     splits = {k: undecoded(v, column, label) for k, v in splits.items()}
     root = os.path.abspath(target) if Path(target).is_dir() else ""
