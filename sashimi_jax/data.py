@@ -313,6 +313,11 @@ def _kind(name: str) -> str:
     return "other"
 
 
+def is_audio_file(path: str) -> bool:
+    """Whether a path or URL (``zip://member::archive`` included) names an audio file, by its extension."""
+    return _kind(path.split("::")[0]) == "audio"
+
+
 def _hidden(rel: str) -> bool:
     """True for paths with a hidden component (.cache/, .gitattributes) or macOS archive debris."""
     return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
@@ -932,6 +937,11 @@ def prepare(data_cfg: Any, source: Source | DatasetSource | None = None) -> Prep
     d = data_cfg
     check_settings(d)
     source = resolve_source(d) if source is None else source
+    if d.streaming and not isinstance(source, DatasetSource):
+        raise DataError(
+            f"data.streaming=True reads hf: sources and IterableDatasets, not {source.label}; set data.source="
+            "hf:/that/folder to stream a folder of audio files through datasets, or data.streaming=False."
+        )
     if isinstance(source, DatasetSource) and source.streaming:
         from sashimi_jax.stream import prepare_stream
 

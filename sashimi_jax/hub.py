@@ -9,7 +9,8 @@ with split metadata) and goes through the same calls. The audio is never decoded
     yields each row's encoded ``{bytes, path}``;
   * repositories of plain audio files or zip archives of them (the ``audiofolder`` builder) are read
     with the audio column typed as a string, which yields each file's local path or URL
-    (``zip://member::archive``), opened with ``datasets``' own ``xopen``.
+    (``zip://member::archive``), opened with ``datasets``' own ``xopen``; files that are not audio (by
+    their extension) are filtered out.
 
 Splits the dataset defines (train / validation / test) are used as they are; a dataset with one split
 (or ``data.hf_split`` naming one) is split 88/6/6 by the caller (sashimi_jax.data).
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sashimi_jax.data import DataError, DatasetSource, our_splits, undecoded
+from sashimi_jax.data import DataError, DatasetSource, is_audio_file, our_splits, undecoded
 
 
 def hub_kwargs(data_cfg: Any) -> dict:
@@ -127,6 +128,8 @@ def load_hub(data_cfg: Any) -> DatasetSource:
         for ours, name in our_splits(names, d.hf_split).items()
     }
     column = "audio" if extra else audio_column(splits["train"].features, label)
+    if extra:  # an audio folder lists every file (a zip's notes too): keep the audio ones
+        splits = {k: v.filter(is_audio_file, input_columns=[column]) for k, v in splits.items()}
     splits = {k: undecoded(v, column, label) for k, v in splits.items()}
     root = os.path.abspath(target) if Path(target).is_dir() else ""
     return DatasetSource(label, splits, column, root=root, token=d.hf_token)

@@ -2,7 +2,8 @@
 
 Windows are cut and mu-law encoded on the fly from each row of the train ``IterableDataset``; each host
 reads only its own shards (``datasets.distributed.split_dataset_by_node``); validation and test are read
-once, fixed and finite, and held in memory. A dataset with one split is split 88/6/6 by data file (shard).
+once, fixed and finite, and held in memory. A dataset with one split is split 88/6/6 in order, by data
+file (shard) when it has 3 or more, else by recording.
 
 Shuffling and exact resume: ``IterableDataset.shuffle``'s buffer is not part of the dataset's
 ``state_dict()`` (a resumed iterator starts with an empty buffer and yields other examples), so the windows
@@ -36,24 +37,31 @@ POSITION_DIR = "data_position"  # <workdir>/data_position/<step>.p<process>.json
 START = {"rows": None, "epoch": 0, "used": 0, "block": 0, "offset": 0}  # the position of a new run
 
 
-def split_by_shard(ds: Any, train_frac: float, val_frac: float, label: str) -> dict[str, Any]:
-    """Split a streamed dataset 88/6/6 by shard (data file, in order): {"train", "val", "test"} datasets.
+def split_stream(ds: Any, train_frac: float, val_frac: float, label: str) -> dict[str, Any]:
+    """Split a streamed dataset 88/6/6 in order: {"train", "val", "test"} datasets.
+
+    By shard (data file) when there are 3 or more; else by row (recording), counting the rows in one
+    pass first (a dataset of 1 or 2 data files, or an audio folder / zip, whose rows are only paths).
 
     Raises:
-      DataError: fewer than 3 shards.
+      DataError: fewer than 3 rows.
     """
     import datasets
 
     n = ds.num_shards
-    if n < 3:
+    if n >= 3:
+        b1, b2 = datalib.split_bounds(n, train_frac, val_frac)
+        shards = [ds.shard(num_shards=n, index=i) for i in range(n)]
+        bounds = {"train": (0, b1), "val": (b1, b2), "test": (b2, n)}
+        return {s: datasets.concatenate_datasets(shards[a:b]) for s, (a, b) in bounds.items()}
+    rows = sum(1 for _ in ds)
+    if rows < 3:
         raise DataError(
-            f"{label} streams from {n} data file(s) and defines no validation or test split; streaming splits "
-            "88/6/6 by data file, so give it 3 or more files or validation/test splits, or set data.streaming=False."
+            f"{label} streams {rows} recording(s) and defines no validation or test split; give it 3 or more "
+            "recordings or validation/test splits, or set data.streaming=False."
         )
-    b1, b2 = datalib.split_bounds(n, train_frac, val_frac)
-    shards = [ds.shard(num_shards=n, index=i) for i in range(n)]
-    bounds = {"train": (0, b1), "val": (b1, b2), "test": (b2, n)}
-    return {s: datasets.concatenate_datasets(shards[a:b]) for s, (a, b) in bounds.items()}
+    b1, b2 = datalib.split_bounds(rows, train_frac, val_frac)
+    return {"train": ds.take(b1), "val": ds.skip(b1).take(b2 - b1), "test": ds.skip(b2)}
 
 
 def prepare_stream(source: DatasetSource, data_cfg: Any) -> datalib.PreparedData:
@@ -66,7 +74,7 @@ def prepare_stream(source: DatasetSource, data_cfg: Any) -> datalib.PreparedData
     d = data_cfg
     splits = dict(source.splits)
     if set(splits) == {"train"}:
-        splits = split_by_shard(splits["train"], d.train_frac, d.val_frac, source.label)
+        splits = split_stream(splits["train"], d.train_frac, d.val_frac, source.label)
     evals = dataclasses.replace(source, splits={k: v for k, v in splits.items() if k != "train"})
     parts = [
         datalib.Recordings(datalib.dataset_loaders(evals, s, d.sample_rate), None, datalib.SPLITS.index(s))

@@ -119,10 +119,18 @@ def test_zip_repository_reads_through_datasets_without_torch(tmp_path):
         zf.writestr("clips/notes.txt", "hello")
     (repo / "raw_big.wav").write_bytes(wav_bytes(1.0, 100))  # not selected by data.hf_files
     prepared = data.prepare(cfg(tmp_path, f"hf:{repo}", hf_files="clips.zip"))
-    entries = {e["name"]: e for e in prepared.manifest["files"]}
-    assert [n for n, e in entries.items() if e["status"] == "ok"] == [f"clips.zip/clips/{i}.wav" for i in range(1, 5)]
-    assert "not an audio file" in entries["clips.zip/clips/notes.txt"]["reason"]
+    names = [e["name"] for e in prepared.manifest["files"]]
+    assert names == [f"clips.zip/clips/{i}.wav" for i in range(1, 5)]  # by their paths in the repository
+    assert all(e["status"] == "ok" for e in prepared.manifest["files"])
     np.testing.assert_array_equal(prepared.test, windows_of(550))
+    d = cfg(tmp_path, f"hf:{repo}", hf_files="clips.zip", streaming=True, shuffle_buffer=2)
+    streamed = data.prepare(d)  # one zip: split 88/6/6 by recording, in order, as above
+    np.testing.assert_array_equal(streamed.val, prepared.val)
+    np.testing.assert_array_equal(streamed.test, prepared.test)
+    feed = stream.StreamFeed(streamed.stream, d, 2, seed=0)
+    batches = [feed.next_batch() for _ in range(3)]
+    feed.close()
+    assert rows(np.concatenate(batches)) == rows(prepared.train)
     assert "torch" not in sys.modules
     with pytest.raises(data.DataError, match="matches data.hf_files='missing.zip'") as err:
         data.prepare(cfg(tmp_path, f"hf:{repo}", hf_files="missing.zip"))
@@ -176,7 +184,9 @@ def test_streaming_one_split_is_split_by_data_file(tmp_path, hub_dir):
     np.testing.assert_array_equal(prepared.val, windows_of(350))  # 4 shards -> 2 / 1 / 1
     np.testing.assert_array_equal(prepared.test, windows_of(400))
     assert prepared.stream.splits["train"].num_shards == 2
-    with pytest.raises(data.DataError, match="3 or more files") as err:
+    with pytest.raises(data.DataError, match="set data.source=hf:/that/folder"):
+        data.prepare(cfg(tmp_path, hub_dir, streaming=True))  # a plain folder is not streamed
+    with pytest.raises(data.DataError, match="3 or more recordings") as err:
         data.prepare(cfg(tmp_path, f"hf:{hub_dir}", hf_split="validation", streaming=True))
     assert "data.streaming=False" in str(err.value)
 
