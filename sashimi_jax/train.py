@@ -357,8 +357,8 @@ def train(
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
         f"data: {'streamed' if feed else len(prepared.train)} train / {len(prepared.val)} val / "
-        f"{len(prepared.test)} test windows of "
-        f"{cfg.data.sample_len} samples ({prepared.cache_path}); workdir {workdir_path}"
+        f"{len(prepared.test)} test windows of {cfg.data.sample_len} samples "
+        f"({prepared.cache_path or prepared.manifest['source']}); workdir {workdir_path}"
     )
 
     manager = ckpt.open_manager(workdir_path, int(t.keep_ckpts))
