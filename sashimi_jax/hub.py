@@ -29,7 +29,7 @@ def hub_kwargs(data_cfg: Any) -> dict:
     """The ``load_dataset`` arguments of ``data.source = "hf:..."`` and the ``data.hf_*`` fields."""
     d = data_cfg
     files = [f.strip() for f in d.hf_files.split(",") if f.strip()]
-    cache = f"{d.cache_dir}/hf" if d.cache_dir else None
+    cache = os.path.join(os.path.expanduser(d.cache_dir), "hf") if d.cache_dir else None
     return {
         "path": os.path.expanduser(d.source.strip()[3:].strip()),
         "name": d.hf_name or None,
