@@ -37,11 +37,17 @@ def base_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- data
     d = c.data = ml_collections.ConfigDict()
     # Where audio comes from: "synthetic" (built-in generated music-like signal, no network),
-    # a local folder path (searched recursively for wav/flac/ogg/mp3), or "hf:ORG/NAME" for a
-    # Hugging Face dataset (a local directory laid out like a hub dataset also works as "hf:/path").
+    # a local folder path (searched recursively for wav/flac/ogg/mp3 and zip archives of them), or
+    # "hf:ORG/NAME" for a Hugging Face dataset read with datasets.load_dataset (a local directory laid
+    # out like a hub dataset also works as "hf:/path").
     d.source = "synthetic"
-    d.hf_files = ""  # comma-separated file names / glob patterns to take from an hf: source ("" = all audio)
+    d.hf_name = ""  # hf: dataset config name ("" = the default config)
+    d.hf_files = ""  # hf: comma-separated data_files (names or globs) passed to load_dataset ("" = the dataset's own)
+    d.hf_split = ""  # hf: the one split to read and split 88/6/6 ("" = every train/validation/test split defined)
+    d.hf_revision = ""  # hf: branch, tag or commit of the dataset repository ("" = main)
     d.hf_token = ""  # Hugging Face token for gated datasets ("" = use HF_TOKEN / the cached login); never saved
+    d.streaming = False  # train from an hf: source as it streams (no full download); val/test are read once
+    d.shuffle_buffer = 256  # streaming: windows shuffled together in one block (more mixes more, costs memory)
     d.sample_rate = 16000  # audio is resampled to this rate (Hz)
     d.chunk_seconds = 60.0  # long recordings are cut into chunks of this many seconds ("files")
     d.sample_len = 131072  # training window length in samples (reference: 131072 = 8.2 s)

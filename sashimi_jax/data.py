@@ -13,20 +13,18 @@ at once.
 
 Sources (``data.source``):
   * ``"synthetic"``: :func:`synthetic_music`, generated here, no files or network.
-  * a local folder: searched recursively for wav/flac/ogg/mp3 files (zip archives and
-    parquet/arrow tables holding audio are opened too).
-  * ``"hf:ORG/NAME"``: a Hugging Face dataset repository. The files selected by ``data.hf_files``
-    are fetched with ``huggingface_hub.snapshot_download`` into the Hugging Face cache (offline it
-    falls back to files already there), then read exactly like a local folder. ``"hf:/a/dir"`` is a
-    local directory laid out like such a repository and goes through the same selection and reading.
-    Audio columns of parquet/arrow tables (the ``{bytes, path}`` struct of the ``datasets`` Audio
-    feature) are read with pyarrow and decoded here: ``datasets`` is never asked to decode audio,
-    which in ``datasets`` 5.x needs torch and torchcodec.
+  * a local folder: searched recursively for wav/flac/ogg/mp3 files and zip archives of them.
+  * ``"hf:ORG/NAME"`` (or ``"hf:/a/dir"`` laid out like a hub dataset): opened with
+    ``datasets.load_dataset`` (sashimi_jax.hub); splits it defines are kept.
+  * a ``datasets`` object the caller holds: :func:`from_dataset`, passed to :func:`prepare`.
+
+``datasets`` is never asked to decode audio (in 5.x that needs torch and torchcodec): cells are read
+undecoded and decoded here with soundfile (audioread for what it cannot read) and resampled with soxr.
+With ``data.streaming`` the train split is read as it streams (sashimi_jax.stream) instead of cached.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -52,11 +50,12 @@ logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # decoded as audio files
 ARCHIVE_EXTENSIONS = (".zip",)  # opened, and their audio members read
-TABLE_EXTENSIONS = (".parquet", ".arrow")  # opened, and their audio column read
+TABLE_EXTENSIONS = (".parquet", ".arrow")  # not read from a folder: datasets reads them (data.source=hf:/folder)
 SILENCE_PEAK = 1e-4  # a file whose peak |sample| is below this is "silent" and skipped
 CACHE_VERSION = 1  # bump when the prepared tokens of the same inputs would change
 SYNTHETIC_SEED = 0  # the synthetic source is one fixed signal
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 
 
 class AudioError(ValueError):
@@ -117,8 +116,10 @@ def to_mono(x: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, name: str | None = None) -> np.ndarray:
     """Decode an audio file (wav, flac, ogg, mp3; any rate, any channel count) to mono at ``sample_rate``.
+
+    ``name`` (default: the path) names the file in error messages, e.g. its path relative to the source.
 
     Returns:
       float32 (n,) waveform, n = ceil(frames * sample_rate / file_rate) (soxr's length, as librosa's).
@@ -126,13 +127,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
       AudioError: missing, empty, undecodable or sample-less file.
     """
     path = Path(path)
+    name = str(path) if name is None else name
     if not path.is_file():
-        raise AudioError(f"{path} does not exist; check the path.")
+        raise AudioError(f"{name} does not exist; check the path.")
     if path.stat().st_size == 0:
-        raise AudioError(f"{path} is empty (0 bytes); copy it again or remove it.")
-    x, rate = _decode(str(path), str(path))
+        raise AudioError(f"{name} is empty (0 bytes); copy it again or remove it.")
+    x, rate = _decode(str(path), name)
     if x.shape[0] == 0:
-        raise AudioError(f"{path} holds no audio samples; export it again or remove it.")
+        raise AudioError(f"{name} holds no audio samples; export it again or remove it.")
     return to_mono(x, rate, sample_rate)
 
 
@@ -329,15 +331,18 @@ SYNTHETIC_SIGNALS = {"band": synthetic_music, "melody": synthetic_melody}  # dat
 
 
 def _kind(name: str) -> str:
-    """'audio', 'archive', 'table' or 'other', from the file name's extension (case-insensitive)."""
+    """'audio', 'archive' or 'other', from the file name's extension (case-insensitive)."""
     suffix = Path(name).suffix.lower()
     if suffix in AUDIO_EXTENSIONS:
         return "audio"
     if suffix in ARCHIVE_EXTENSIONS:
         return "archive"
-    if suffix in TABLE_EXTENSIONS:
-        return "table"
     return "other"
+
+
+def is_audio_file(path: str) -> bool:
+    """Whether a path or URL (``zip://member::archive`` included) names an audio file, by its extension."""
+    return _kind(path.split("::")[0]) == "audio"
 
 
 def _hidden(rel: str) -> bool:
@@ -357,124 +362,115 @@ def list_files(root: Path) -> list[str]:
     return natsorted(found, alg=ns.PATH)
 
 
-def _ci_glob(ext: str) -> str:
-    """A case-insensitive glob for an extension: '.wav' -> '*.[wW][aA][vV]'."""
-    return "*." + "".join(f"[{c.lower()}{c.upper()}]" for c in ext.lstrip("."))
-
-
-DEFAULT_HF_PATTERNS = tuple(_ci_glob(e) for e in AUDIO_EXTENSIONS + ARCHIVE_EXTENSIONS + TABLE_EXTENSIONS)
-
-
-def hf_patterns(hf_files: str) -> list[str]:
-    """``data.hf_files`` ("a.zip, data/*.parquet") as a list of globs; all audio, archives and tables if empty."""
-    patterns = [p.strip() for p in hf_files.split(",") if p.strip()]
-    return patterns or list(DEFAULT_HF_PATTERNS)
-
-
-def select_files(root: Path, patterns: Sequence[str], label: str) -> list[str]:
-    """The files under ``root`` matching any glob, in natural order (Hub semantics: ``*`` crosses '/').
-
-    Raises:
-      DataError: a pattern (other than the defaults) matches no file.
-    """
-    from huggingface_hub.utils import filter_repo_objects
-
-    names = list_files(root)
-    for pattern in patterns:
-        if pattern not in DEFAULT_HF_PATTERNS and not any(filter_repo_objects(names, allow_patterns=[pattern])):
-            have = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "no files"
-            raise DataError(
-                f"no file of {label} matches data.hf_files pattern {pattern!r} (it has: {have}); "
-                "set data.hf_files to names or globs of files in the dataset repository."
-            )
-    return list(filter_repo_objects(names, allow_patterns=list(patterns)))
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exception types meaning "no connection": OSError and the transport errors of the HTTP client
-    (httpx2, httpx) that the installed huggingface_hub uses."""
-    clients = (sys.modules.get(name) for name in ("httpx2", "httpx"))
-    return (OSError,) + tuple(c.TransportError for c in clients if c is not None)
-
-
-def download_hf_repo(repo_id: str, patterns: Sequence[str], token: str = "") -> Path:
-    """Fetch the files of dataset ``repo_id`` matching ``patterns`` into the Hugging Face cache.
-
-    Without a connection (or with HF_HUB_OFFLINE=1) the files already in the cache are used; a
-    connection failure is reported at once (huggingface_hub does not retry the first call).
-
-    Returns:
-      the local snapshot directory (files laid out as in the repository).
-    Raises:
-      DataError: unreachable Hub without cached files, unknown or private repo, gated repo without access.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    url = f"https://huggingface.co/datasets/{repo_id}"
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(patterns), token=token or None))
-    except GatedRepoError as err:
-        raise DataError(
-            f"hf:{repo_id} is gated: accept its conditions at {url} and set data.hf_token or HF_TOKEN "
-            "(or run `hf auth login`)."
-        ) from err
-    except RepositoryNotFoundError as err:
-        raise DataError(
-            f"hf:{repo_id} was not found on the Hugging Face Hub: check the name at {url}, or set "
-            "data.hf_token or HF_TOKEN if it is private."
-        ) from err
-    except HfHubHTTPError as err:
-        raise DataError(
-            f"the Hugging Face Hub refused hf:{repo_id} ({err}); retry later or use data.source=/local/folder."
-        ) from err
-    except (LocalEntryNotFoundError, *_network_errors()) as err:
-        command = " ".join(["hf download", repo_id, *(p for p in patterns if p not in DEFAULT_HF_PATTERNS)])
-        raise DataError(
-            f"could not reach the Hugging Face Hub for {repo_id} and its files are not in the local "
-            f"Hugging Face cache: check your network, or pre-download them with "
-            f"`{command} --repo-type dataset`, or use data.source=/local/folder."
-        ) from err
-
-
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A resolved data source: where its files are and which of them to read."""
+    """A local folder (or the synthetic signal): where its files are and which of them to read."""
 
     label: str  # data.source as given, for messages and the cache directory name
     root: Path | None  # directory holding the files (None for the synthetic source)
     files: tuple[str, ...]  # relative posix paths under root, natural order
 
 
-def _is_local_target(target: str) -> bool:
-    """True if an ``hf:`` target names a local directory rather than a Hub repo id."""
-    return target.startswith(("/", ".", "~")) or Path(target).expanduser().is_dir()
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """Recordings held in ``datasets`` objects: an ``hf:`` source (sashimi_jax.hub) or :func:`from_dataset`.
+
+    ``splits`` maps "train" (and "val", "test" when the dataset defines them) to a ``datasets.Dataset``
+    or, when streaming, an ``IterableDataset``; with "train" alone it is split 88/6/6 (by recording,
+    or by data file when streaming). The audio column holds undecoded ``{bytes, path}`` cells or file
+    paths / URLs (see :func:`row_bytes`).
+    """
+
+    label: str
+    splits: dict
+    audio_column: str = "audio"
+    root: str = ""  # local directory of an hf:/dir source: file names are given relative to it
+    token: str = dataclasses.field(default="", repr=False)  # for hf:// URLs; never written anywhere
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the splits are ``IterableDataset``s (read as they stream, never stored whole)."""
+        import datasets
+
+        return isinstance(self.splits["train"], datasets.IterableDataset)
 
 
-def resolve_source(data_cfg: Any) -> Source:
-    """Resolve ``data.source`` to its files (downloading an ``hf:ORG/NAME`` selection if needed).
+def undecoded(ds: Any, column: str, label: str) -> Any:
+    """``ds`` with ``column`` cast to ``Audio(decode=False)`` if it is an Audio column; DataError if absent."""
+    import datasets
+
+    features = ds.features or {}
+    if features and column not in features:
+        raise DataError(
+            f"{label} has no column {column!r} (columns: {', '.join(features)}); pass audio_column= the audio column."
+        )
+    if isinstance(features.get(column), datasets.Audio):
+        return ds.cast_column(column, datasets.Audio(decode=False))
+    return ds
+
+
+def our_splits(names: list[str], only: str) -> dict[str, str]:
+    """{our split ("train", "val", "test"): the dataset's split name} of the splits to read.
+
+    One split (``only``, or the only one defined) comes back as "train", to be split 88/6/6.
+    """
+    if only:
+        if only not in names:
+            raise DataError(f"data.hf_split={only!r} is not a split of the dataset (it has {', '.join(names)}).")
+        return {"train": only}
+    mapped = {SPLIT_NAMES[n]: n for n in names if n in SPLIT_NAMES}
+    if "train" not in mapped or len(mapped) == 1:
+        first = mapped.get("train", names[0])
+        return {"train": first}
+    ignored = [n for n in names if n not in mapped.values()]
+    if ignored:
+        logger.warning("ignoring split(s) %s: only train / validation / test are read.", ", ".join(ignored))
+    return mapped
+
+
+def from_dataset(ds: Any, audio_column: str = "audio") -> DatasetSource:
+    """A data source from a ``datasets`` object the caller already holds, for :func:`prepare` and training.
+
+    Args:
+      ds: a ``Dataset`` (prepared and cached like any source, split 88/6/6 by row), an ``IterableDataset``
+        (streamed; split 88/6/6 by shard), or a ``DatasetDict`` / ``IterableDatasetDict`` whose
+        train / validation / test splits are used as they are.
+      audio_column: an ``Audio`` column (read undecoded, decoded here without torch) or a column of
+        audio file paths / URLs.
+    Returns:
+      a :class:`DatasetSource`; pass it as ``prepare(cfg.data, source=...)`` or
+      ``train.train(cfg, workdir, source=...)``.
+    Raises:
+      DataError: no such column (a dict without a train split has its first split split 88/6/6).
+    """
+    import datasets
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        names = our_splits(list(ds), "")
+        parts = {ours: ds[name] for ours, name in names.items()}
+    elif isinstance(ds, (datasets.Dataset, datasets.IterableDataset)):
+        parts = {"train": ds}
+    else:
+        raise DataError(f"from_dataset takes a datasets Dataset, IterableDataset or DatasetDict, not {type(ds).__name__}.")
+    first = parts["train"]
+    name = getattr(first, "_fingerprint", None) or (first.info.dataset_name if first.info else None) or "stream"
+    label = f"dataset:{name}"
+    return DatasetSource(label, {k: undecoded(v, audio_column, label) for k, v in parts.items()}, audio_column)
+
+
+def resolve_source(data_cfg: Any) -> Source | DatasetSource:
+    """Resolve ``data.source``: the synthetic signal, a local folder's files, or an ``hf:`` dataset.
 
     Raises:
-      DataError: missing folder, folder without files, unusable Hub repo or selection.
+      DataError: missing folder, folder without files, unusable Hugging Face dataset.
     """
     src = data_cfg.source.strip()
     if src == "synthetic":
         return Source(src, None, ())
     if src.startswith("hf:"):
-        target = src[3:].strip()
-        patterns = hf_patterns(data_cfg.hf_files)
-        if _is_local_target(target):
-            root = Path(target).expanduser()
-            if not root.is_dir():
-                raise DataError(f"{src} names no existing directory; fix the path or use hf:ORG/NAME for the Hub.")
-        else:
-            root = download_hf_repo(target, patterns, data_cfg.hf_token)
-        files = tuple(select_files(root, patterns, src))
-        if not files:
-            raise DataError(
-                f"{src} holds no audio, zip, parquet or arrow file; set data.hf_files to the files that hold its audio."
-            )
-        return Source(src, root, files)
+        from sashimi_jax.hub import load_hub
+
+        return load_hub(data_cfg)
     root = Path(src).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -492,84 +488,11 @@ def resolve_source(data_cfg: Any) -> Source:
 
 @dataclasses.dataclass(frozen=True)
 class AudioItem:
-    """One recording: a plain audio file, an archive member or a table row."""
+    """One recording of a folder: a plain audio file or a zip archive member."""
 
-    name: str  # "dir/1.wav", "clips.zip/1.wav" or "train.parquet/1.wav": reports and sort order
+    name: str  # "dir/1.wav" or "clips.zip/1.wav": its path relative to the source, for reports and order
     file: str  # the file under the source root that holds it
-    member: str | int | None  # archive member name, table row, or None for a plain audio file
-
-
-def _read_arrow(path: Path) -> Any:
-    """Read an Arrow IPC file (stream or file format, as ``datasets`` writes them) memory-mapped."""
-    import pyarrow as pa
-
-    source = pa.memory_map(str(path))
-    try:
-        return pa.ipc.open_stream(source).read_all()
-    except pa.ArrowInvalid:
-        return pa.ipc.open_file(source).read_all()
-
-
-def _table_schema(path: Path) -> Any:
-    """The pyarrow schema of a parquet or arrow table."""
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(path) if path.suffix.lower() == ".parquet" else _read_arrow(path).schema
-
-
-def _table_column(path: Path, column: str, field: str | None = None) -> Any:
-    """One column of a parquet or arrow table, or one field of a struct column, as a ChunkedArray."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    if path.suffix.lower() == ".parquet":
-        return pq.read_table(path, columns=[f"{column}.{field}" if field else column]).column(0)
-    values = _read_arrow(path).column(column)
-    return pc.struct_field(values, field) if field else values
-
-
-def audio_column(schema: Any) -> str | None:
-    """The name of a table's audio column: a struct with a binary ``bytes`` field (the ``datasets``
-    Audio storage), preferring one named "audio"; None if there is none."""
-    import pyarrow as pa
-
-    found = [
-        f.name
-        for f in schema
-        if pa.types.is_struct(f.type)
-        and f.type.get_field_index("bytes") >= 0
-        and (pa.types.is_binary(f.type.field("bytes").type) or pa.types.is_large_binary(f.type.field("bytes").type))
-    ]
-    return "audio" if "audio" in found else (found[0] if found else None)
-
-
-def _table_items(root: Path, rel: str) -> list[AudioItem]:
-    """One item per row of a table's audio column, named by the row's ``path`` (natural order).
-
-    Raises:
-      AudioError: unreadable table or no audio column.
-    """
-    import pyarrow as pa
-
-    path = root / rel
-    try:
-        schema = _table_schema(path)
-        column = audio_column(schema)
-        if column is None:
-            raise AudioError(
-                f"{rel} has no audio column (a struct with binary 'bytes'); select other files with data.hf_files."
-            )
-        if schema.field(column).type.get_field_index("path") >= 0:
-            paths = _table_column(path, column, "path").to_pylist()
-        else:
-            paths = [None] * len(_table_column(path, column))
-    except (pa.ArrowException, OSError) as err:
-        raise AudioError(
-            f"{rel} is not a readable parquet/arrow table ({err}); download it again or remove it."
-        ) from err
-    names = [f"{rel}/{p or f'row{i}'}" for i, p in enumerate(paths)]
-    order = natsorted(range(len(names)), key=names.__getitem__, alg=ns.PATH)
-    return [AudioItem(names[i], rel, i) for i in order]
+    member: str | None  # archive member name, or None for a plain audio file
 
 
 def _archive_items(root: Path, rel: str) -> tuple[list[AudioItem], list[str]]:
@@ -590,18 +513,19 @@ def _archive_items(root: Path, rel: str) -> tuple[list[AudioItem], list[str]]:
 
 def _not_audio_reason(name: str) -> str:
     """The report line for a file that is not audio."""
+    hint = "; read tables with data.source=hf:/the/folder" if Path(name).suffix.lower() in TABLE_EXTENSIONS else ""
     return (
         f"{name} is not an audio file (extension {Path(name).suffix or 'none'!r}); only "
-        f"{', '.join(AUDIO_EXTENSIONS)} files (or zip/parquet/arrow holding them) are read."
+        f"{', '.join(AUDIO_EXTENSIONS)} files (or zip archives of them) are read from a folder{hint}."
     )
 
 
 def list_items(root: Path, files: Iterable[str]) -> tuple[list[AudioItem], list[dict]]:
-    """Expand files into recordings: plain audio files, zip members, table rows (in the files' order).
+    """Expand a folder's files into recordings: plain audio files and zip members (in the files' order).
 
     Returns:
       (items, skipped) where skipped holds a manifest entry {name, status: "skipped", reason} for
-      every file or member that is not read (other extensions, unreadable archives or tables).
+      every file or member that is not read (other extensions, unreadable archives).
     """
     items: list[AudioItem] = []
     skipped: list[dict] = []
@@ -614,8 +538,6 @@ def list_items(root: Path, files: Iterable[str]) -> tuple[list[AudioItem], list[
                 found, others = _archive_items(root, rel)
                 items += found
                 skipped += [_skip_entry(o, _not_audio_reason(o)) for o in others]
-            elif kind == "table":
-                items += _table_items(root, rel)
             else:
                 skipped.append(_skip_entry(rel, _not_audio_reason(rel)))
         except AudioError as err:
@@ -624,26 +546,14 @@ def list_items(root: Path, files: Iterable[str]) -> tuple[list[AudioItem], list[
 
 
 def _skip_entry(name: str, reason: str) -> dict:
-    """A manifest entry for a skipped file, logged as one warning line."""
-    logger.warning("skipped: %s", reason)
+    """A manifest entry for a skipped file (reported by :func:`report_skips`)."""
     return {"name": name, "status": "skipped", "reason": reason}
 
 
-@contextlib.contextmanager
-def _member_reader(path: Path) -> Iterator[Callable[[str | int], bytes]]:
-    """Open an archive or table once; yield a function from member (name or row) to encoded bytes."""
-    if _kind(path.name) == "archive":
-        with zipfile.ZipFile(path) as zf:
-            yield zf.read
-    else:
-        column = _table_column(path, audio_column(_table_schema(path)))
-        yield lambda row: column[row]["bytes"].as_py() or b""
-
-
-def _load_member(read: Callable[[str | int], bytes], item: AudioItem, sample_rate: int) -> np.ndarray:
-    """Read one archive member or table row and decode it; AudioError if the bytes cannot be read."""
+def _load_member(zf: zipfile.ZipFile, item: AudioItem, sample_rate: int) -> np.ndarray:
+    """Read one archive member and decode it; AudioError if its bytes cannot be read."""
     try:
-        data = read(item.member)
+        data = zf.read(item.member)
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError) as err:
         raise AudioError(f"{item.name} could not be read ({err}); download the archive again or remove it.") from err
     return load_audio_bytes(data, item.name, sample_rate)
@@ -654,17 +564,81 @@ def item_loaders(
 ) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
     """Yield (name, load) for every item, in order; ``load()`` returns float32 (n,) mono audio.
 
-    Archives and tables are opened once for all their consecutive items and stay open while their
-    loaders are yielded, so call each ``load`` before advancing the iterator.
+    An archive is opened once for all its consecutive items and stays open while their loaders are
+    yielded, so call each ``load`` before advancing the iterator.
     """
     for rel, group in itertools.groupby(items, key=lambda item: item.file):
         if _kind(rel) == "audio":
             for item in group:
-                yield item.name, lambda path=root / rel: load_audio(path, sample_rate)
+                yield item.name, lambda path=root / rel, name=item.name: load_audio(path, sample_rate, name=name)
             continue
-        with _member_reader(root / rel) as read:
+        with zipfile.ZipFile(root / rel) as zf:
             for item in group:
-                yield item.name, lambda item=item: _load_member(read, item, sample_rate)
+                yield item.name, lambda item=item: _load_member(zf, item, sample_rate)
+
+
+# ---------------------------------------------------------------------------- dataset rows
+
+
+def _relative(path: str, root: str) -> str:
+    """A file path or URL relative to the source: under ``root``, or inside an ``hf://`` repository."""
+    base = root.rstrip("/") + "/"
+    if root and path.startswith(base):
+        return path[len(base) :]
+    if path.startswith("hf://"):  # hf://datasets/ORG/NAME@REVISION/dir/file
+        return path.split("@", 1)[-1].split("/", 1)[-1]
+    return Path(path).name
+
+
+def row_name(cell: Any, split: str, index: int, root: str = "") -> str:
+    """A recording's name from its audio cell: its path relative to the source, else split/path.
+
+    ``"zip://clips/1.wav::<root>/a.zip"`` -> ``"a.zip/clips/1.wav"``; ``"<root>/dir/b.wav"`` -> ``"dir/b.wav"``;
+    ``{"path": "b.wav", ...}`` of split "train" -> ``"train/b.wav"``; no path -> ``"train/row7"``.
+    """
+    if isinstance(cell, str):
+        member, _, archive = cell.removeprefix("zip://").partition("::")
+        if archive:
+            return f"{_relative(archive, root)}/{member}"
+        return _relative(cell, root)
+    path = (cell or {}).get("path")
+    return f"{split}/{path}" if path else f"{split}/row{index}"
+
+
+def row_bytes(cell: Any, name: str, token: str = "") -> bytes:
+    """The encoded audio of a cell: its ``bytes``, else the file at its path or URL (read with ``xopen``)."""
+    if isinstance(cell, dict) and cell.get("bytes"):
+        return cell["bytes"]
+    path = cell if isinstance(cell, str) else (cell or {}).get("path")
+    if not path:
+        raise AudioError(f"{name} holds neither audio bytes nor a path; fix the dataset entry or remove it.")
+    from datasets import DownloadConfig
+    from datasets.utils.file_utils import xopen
+
+    try:
+        with xopen(path, "rb", download_config=DownloadConfig(token=token or None)) as f:
+            return f.read()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise AudioError(f"{name} could not be read ({err}); check the dataset's files or remove it.") from err
+
+
+def dataset_loaders(source: DatasetSource, split: str, sample_rate: int) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
+    """Yield (name, load) for every row of one split of a dataset source, in its order; ``load()`` decodes it."""
+    for i, row in enumerate(source.splits[split]):
+        yield row_loader(source, row, split, i, sample_rate)
+
+
+def row_loader(source: DatasetSource, row: dict, split: str, index: int, sample_rate: int) -> tuple[str, Callable]:
+    """(name, load) of one dataset row; ``load()`` returns its float32 (n,) mono audio."""
+    cell = row[source.audio_column]
+    name = row_name(cell, split, index, source.root)
+
+    def load() -> np.ndarray:
+        if isinstance(cell, str) and _kind(name) != "audio":  # an audiofolder's other files
+            raise AudioError(_not_audio_reason(name))
+        return load_audio_bytes(row_bytes(cell, name, source.token), name, sample_rate)
+
+    return name, load
 
 
 # ------------------------------------------------------------------------------- splitting
@@ -727,13 +701,18 @@ def assign_splits(owners: np.ndarray, train_frac: float, val_frac: float, label:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """Token windows of the three splits, each uint8 (n_windows, sample_len), memory-mapped."""
+    """Token windows of the three splits, each uint8 (n_windows, sample_len), memory-mapped.
+
+    When streaming, ``train`` is empty and ``stream`` holds the train split to read as it streams
+    (sashimi_jax.stream); ``val`` and ``test`` are then held in memory and ``cache_path`` is None.
+    """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     manifest: dict  # source, settings, per-file status and split, window counts
-    cache_path: Path  # directory holding train.npy, val.npy, test.npy and manifest.json
+    cache_path: Path | None  # directory holding train.npy, val.npy, test.npy and manifest.json
+    stream: DatasetSource | None = None
 
 
 def settings(data_cfg: Any) -> dict:
@@ -770,8 +749,11 @@ def check_settings(data_cfg: Any) -> None:
         )
 
 
-def source_identity(source: Source, data_cfg: Any) -> dict:
-    """What identifies the source's content: file names, sizes and mtimes (or the synthetic parameters)."""
+def source_identity(source: Source | DatasetSource, data_cfg: Any) -> dict:
+    """What identifies the source's content: file names, sizes and mtimes, the ``datasets`` fingerprints of
+    its splits, or the synthetic parameters."""
+    if isinstance(source, DatasetSource):
+        return {"source": source.label, "fingerprints": {k: v._fingerprint for k, v in source.splits.items()}}
     if source.root is None:
         return {
             "source": source.label,
@@ -784,7 +766,7 @@ def source_identity(source: Source, data_cfg: Any) -> dict:
     return {"source": source.label, "files": [[rel, s.st_size, s.st_mtime_ns] for rel, s in stats]}
 
 
-def cache_dir_for(source: Source, data_cfg: Any) -> Path:
+def cache_dir_for(source: Source | DatasetSource, data_cfg: Any) -> Path:
     """The cache directory of a source + settings: ``<cache_dir>/<source slug>-<16 hex of the key hash>``."""
     key = {"version": CACHE_VERSION, "identity": source_identity(source, data_cfg), "settings": settings(data_cfg)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -793,57 +775,118 @@ def cache_dir_for(source: Source, data_cfg: Any) -> Path:
     return root / f"{slug}-{digest}"
 
 
-def _named_loaders(
-    source: Source, data_cfg: Any
-) -> tuple[Iterator[tuple[str, Callable[[], np.ndarray]]], int, list[dict]]:
-    """(name, load) pairs of every recording of the source, their count, and the skipped-file entries."""
+@dataclasses.dataclass
+class Recordings:
+    """The recordings of one part of a source, to tokenize in order."""
+
+    loaders: Iterable[tuple[str, Callable[[], np.ndarray]]]  # (name, load) pairs
+    total: int | None  # how many (None: unknown, a stream)
+    split: int | None  # the split they all belong to (a split the dataset defines), or None: split 88/6/6
+
+
+def recordings(source: Source | DatasetSource, data_cfg: Any) -> tuple[list[Recordings], list[dict]]:
+    """The source's recordings, per part, and the manifest entries of files skipped before decoding."""
     d = data_cfg
+    if isinstance(source, DatasetSource):
+        fixed = len(source.splits) > 1
+        parts = [
+            Recordings(dataset_loaders(source, s, d.sample_rate), getattr(ds, "num_rows", None), SPLITS.index(s) if fixed else None)
+            for s, ds in source.splits.items()
+        ]
+        return parts, []
     if source.root is None:
         signal = SYNTHETIC_SIGNALS[d.synthetic_signal](d.synthetic_seconds, d.sample_rate, SYNTHETIC_SEED)
         parts = np.array_split(signal, d.synthetic_files)
         loaders = ((f"synthetic_{i + 1:03d}", lambda p=p: p) for i, p in enumerate(parts))
-        return loaders, len(parts), []
+        return [Recordings(loaders, len(parts), None)], []
     items, skipped = list_items(source.root, source.files)
-    return item_loaders(source.root, items, d.sample_rate), len(items), skipped
+    return [Recordings(item_loaders(source.root, items, d.sample_rate), len(items), None)], skipped
 
 
-def tokenize(
-    loaders: Iterable[tuple[str, Callable[[], np.ndarray]]], total: int, data_cfg: Any, label: str
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def report_skip(entry: dict) -> None:
+    """Print one skipped file's reason (it starts with the file's path relative to the source) above the
+    progress bar, as a plain line."""
+    tqdm.write(f"skipped: {entry['reason']}", file=sys.stderr)
+
+
+def tokenize(parts: Sequence[Recordings], data_cfg: Any, label: str) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
     """Decode, check and window every recording, with a progress bar; bad ones are skipped and reported.
 
     Returns:
       tokens uint8 (n_windows, sample_len), owners int64 (n_windows, 2) = (entry index, chunk index),
-      and one manifest entry per recording (status "ok" or "skipped" with the reason).
+      one manifest entry per recording (status "ok" or "skipped" with the reason), and the fixed split
+      of every window, int64 (n_windows,), -1 where the 88/6/6 rule decides.
     """
     d = data_cfg
     tokens: list[np.ndarray] = []
     owners: list[np.ndarray] = []
+    fixed: list[np.ndarray] = []
     entries: list[dict] = []
-    for name, load in tqdm(loaders, total=total, desc=f"preparing {label}", unit="file", dynamic_ncols=True):
-        try:
-            x = load()
-            check_audio(x, name, d.sample_rate, d.min_seconds)
-            per_chunk = file_windows(x, name, d)
-        except AudioError as err:
-            entries.append(_skip_entry(name, str(err)))
-            continue
-        for c, w in enumerate(per_chunk):
-            tokens.append(w)
-            owners.append(np.tile([len(entries), c], (len(w), 1)))
-        entries.append(
-            {
-                "name": name,
-                "status": "ok",
-                "seconds": round(x.shape[0] / d.sample_rate, 3),
-                "chunks": len(per_chunk),
-                "short_chunks": sum(len(w) == 0 for w in per_chunk),
-                "windows": sum(len(w) for w in per_chunk),
-            }
-        )
+    total = sum(p.total for p in parts) if all(p.total is not None for p in parts) else None
+    with tqdm(total=total, desc=f"preparing {label}", unit="file", dynamic_ncols=True) as bar:
+        for part in parts:
+            for name, load in part.loaders:
+                bar.update(1)
+                try:
+                    x = load()
+                    check_audio(x, name, d.sample_rate, d.min_seconds)
+                    per_chunk = file_windows(x, name, d)
+                except AudioError as err:
+                    entries.append(_skip_entry(name, str(err)))
+                    report_skip(entries[-1])
+                    continue
+                for c, w in enumerate(per_chunk):
+                    tokens.append(w)
+                    owners.append(np.tile([len(entries), c], (len(w), 1)))
+                    fixed.append(np.full(len(w), -1 if part.split is None else part.split))
+                entries.append(
+                    {
+                        "name": name,
+                        "status": "ok",
+                        "seconds": round(x.shape[0] / d.sample_rate, 3),
+                        "chunks": len(per_chunk),
+                        "short_chunks": sum(len(w) == 0 for w in per_chunk),
+                        "windows": sum(len(w) for w in per_chunk),
+                    }
+                )
     if not tokens:
-        return np.zeros((0, d.sample_len), np.uint8), np.zeros((0, 2), np.int64), entries
-    return np.concatenate(tokens), np.concatenate(owners).astype(np.int64), entries
+        return np.zeros((0, d.sample_len), np.uint8), np.zeros((0, 2), np.int64), entries, np.zeros(0, np.int64)
+    return np.concatenate(tokens), np.concatenate(owners).astype(np.int64), entries, np.concatenate(fixed)
+
+
+def lopsided_message(split: np.ndarray, owners: np.ndarray, entries: list[dict], data_cfg: Any, unit: str) -> str | None:
+    """A warning when the windows of a split are far from its share of the split units (files of very
+    different lengths), naming the files of every split and how to change it; None when balanced.
+
+    A split is lopsided when its share of the windows and its share of the units differ by more than a
+    factor of 2 (e.g. 4 of 6 files in train holding 14% of the windows).
+    """
+    if unit != "file" or not len(split):
+        return None
+    fracs = (data_cfg.train_frac, data_cfg.val_frac, 1.0 - data_cfg.train_frac - data_cfg.val_frac)
+    files = [np.unique(owners[split == s, 0]) for s in range(3)]
+    n_files = sum(len(f) for f in files)
+    counts = [int(np.sum(split == s)) for s in range(3)]
+    off = [
+        s for s in range(3)
+        if len(files[s]) and not 0.5 <= (counts[s] / len(split)) / (len(files[s]) / n_files) <= 2.0
+    ]
+    if not off:
+        return None
+
+    def names(s: int) -> str:
+        listed = [entries[i]["name"] for i in files[s]]
+        return ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
+
+    shares = "; ".join(
+        f"{SPLITS[s]} {counts[s]} windows ({100 * counts[s] / len(split):.0f}%, fraction {fracs[s]:.2f}) from {names(s)}"
+        for s in range(3)
+    )
+    return (
+        f"the by-file split is lopsided because the files differ in length: {shares}; the split follows the files' "
+        "natural order, so rename or reorder them, cut long recordings into files of similar length, "
+        "or change data.train_frac / data.val_frac."
+    )
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -864,19 +907,77 @@ def load_prepared(path: Path) -> PreparedData | None:
     return PreparedData(*arrays, manifest=manifest, cache_path=path)
 
 
-def prepare(data_cfg: Any) -> PreparedData:
+def split_tokens(
+    source: Source | DatasetSource, parts: Sequence[Recordings], skipped: list[dict], data_cfg: Any
+) -> tuple[list[np.ndarray], dict]:
+    """Tokenize the recordings and split them: the windows of train, val and test, and the manifest.
+
+    Splits the dataset defines are kept; otherwise the 88/6/6 rule by file (see :func:`assign_splits`).
+
+    Raises:
+      DataError: no usable audio at all.
+    """
+    d = data_cfg
+    for entry in skipped:
+        report_skip(entry)
+    tokens, owners, entries, fixed = tokenize(parts, d, source.label)
+    if not len(tokens):
+        raise DataError(
+            f"no usable audio in {source.label}: all {len(entries) + len(skipped)} file(s) were skipped "
+            "(see the lines above); point data.source at a folder of wav/flac/ogg/mp3 music."
+        )
+    n_skipped = len(skipped) + sum(e["status"] == "skipped" for e in entries)
+    if n_skipped:
+        logger.warning("%d file(s) of %s were skipped (listed above and in the manifest).", n_skipped, source.label)
+    if np.all(fixed >= 0):
+        split, unit = fixed, "dataset"
+    else:
+        split, unit = assign_splits(owners, d.train_frac, d.val_frac, source.label)
+        message = lopsided_message(split, owners, entries, d, unit)
+        if message:
+            logger.warning("%s", message)
+    for i, entry in enumerate(entries):
+        if entry["status"] == "ok":
+            entry["splits"] = [SPLITS[s] for s in np.unique(split[owners[:, 0] == i])]
+    short = sum(e.get("short_chunks", 0) for e in entries)
+    if short:
+        logger.info("%d chunk(s) shorter than data.sample_len yielded no window (see the manifest).", short)
+    manifest = {
+        "version": CACHE_VERSION,
+        "source": source.label,
+        "root": str(source.root) if getattr(source, "root", None) else None,
+        "settings": settings(d),
+        "split_unit": unit,
+        "windows": {name: int(np.sum(split == s)) for s, name in enumerate(SPLITS)},
+        "files": entries + skipped,
+    }
+    return [tokens[split == s] for s in range(len(SPLITS))], manifest
+
+
+def prepare(data_cfg: Any, source: Source | DatasetSource | None = None) -> PreparedData:
     """Prepare (or load from the cache) the train/val/test token windows of ``data_cfg.source``.
 
     Args:
       data_cfg: the ``data`` section of the config (see sashimi_jax/config.py).
+      source: a source to use instead of ``data.source``, e.g. :func:`from_dataset` of a dataset in memory.
     Returns:
-      PreparedData with uint8 (n, data.sample_len) memory-mapped splits.
+      PreparedData with uint8 (n, data.sample_len) memory-mapped splits (when streaming: val and test
+      in memory, the train split to stream in ``stream``).
     Raises:
       DataError: bad settings, unusable source, or no usable audio at all.
     """
     d = data_cfg
     check_settings(d)
-    source = resolve_source(d)
+    source = resolve_source(d) if source is None else source
+    if d.streaming and not isinstance(source, DatasetSource):
+        raise DataError(
+            f"data.streaming=True reads hf: sources and IterableDatasets, not {source.label}; set data.source="
+            "hf:/that/folder to stream a folder of audio files through datasets, or data.streaming=False."
+        )
+    if isinstance(source, DatasetSource) and source.streaming:
+        from sashimi_jax.stream import prepare_stream
+
+        return prepare_stream(source, d)
     path = cache_dir_for(source, d)
     cached = load_prepared(path)
     if cached is not None:
@@ -884,34 +985,12 @@ def prepare(data_cfg: Any) -> PreparedData:
         logger.info("loaded prepared %s from %s (%s windows)", source.label, path, n)
         return cached
 
-    loaders, total, skipped = _named_loaders(source, d)
-    tokens, owners, entries = tokenize(loaders, total, d, source.label)
-    if not len(tokens):
-        raise DataError(
-            f"no usable audio in {source.label}: all {len(entries) + len(skipped)} file(s) were skipped "
-            "(see the warnings above); point data.source at a folder of wav/flac/ogg/mp3 music."
-        )
-    split, unit = assign_splits(owners, d.train_frac, d.val_frac, source.label)
-    for i, entry in enumerate(entries):
-        if entry["status"] == "ok":
-            entry["splits"] = [SPLITS[s] for s in np.unique(split[owners[:, 0] == i])]
-    short = sum(e.get("short_chunks", 0) for e in entries)
-    if short:
-        logger.info("%d chunk(s) shorter than data.sample_len yielded no window (see the manifest).", short)
-
+    parts, skipped = recordings(source, d)
+    splits, manifest = split_tokens(source, parts, skipped, d)
+    manifest["identity"] = source_identity(source, d)
     path.mkdir(parents=True, exist_ok=True)
-    for s, name in enumerate(SPLITS):
-        _atomic_write(path / f"{name}.npy", lambda f, s=s: np.save(f, tokens[split == s]))
-    manifest = {
-        "version": CACHE_VERSION,
-        "source": source.label,
-        "root": str(source.root) if source.root else None,
-        "settings": settings(d),
-        "identity": source_identity(source, d),
-        "split_unit": unit,
-        "windows": {name: int(np.sum(split == s)) for s, name in enumerate(SPLITS)},
-        "files": entries + skipped,
-    }
+    for name, tokens in zip(SPLITS, splits, strict=True):
+        _atomic_write(path / f"{name}.npy", lambda f, tokens=tokens: np.save(f, tokens))
     _atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     logger.info("prepared %s into %s: %s windows", source.label, path, manifest["windows"])
     prepared = load_prepared(path)

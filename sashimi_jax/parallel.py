@@ -119,6 +119,13 @@ def shard_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, batch.shape)
 
 
+def shard_local_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Place a batch of which each process holds its own rows (B / processes of them, e.g. read from its own
+    data shard) on the mesh as one global ``jax.Array`` (B, ...) split over ``"data"``."""
+    shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(data_sharding(mesh), local, shape)
+
+
 def to_host(x: jax.Array) -> np.ndarray:
     """A replicated (or fully addressable) array as NumPy on this host, without cross-host traffic."""
     if getattr(x, "is_fully_addressable", True):

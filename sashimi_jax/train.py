@@ -34,7 +34,7 @@ from flax import nnx
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
 from sashimi_jax import metrics as metlib
-from sashimi_jax import optim, parallel
+from sashimi_jax import optim, parallel, stream
 from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
 from sashimi_jax.logs import RunLog
@@ -340,8 +340,11 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    source: datalib.DatasetSource | None = None,
 ) -> dict:
     """Train (or resume) the run of ``cfg`` in ``workdir``; returns a summary dict.
+
+    ``source`` (e.g. ``data.from_dataset(ds)``) replaces ``cfg.data.source``.
 
     Rerunning with the same config and workdir resumes from the latest intact checkpoint and ends with
     bit-identical parameters to an uninterrupted run. SIGTERM / SIGINT write a checkpoint and return early
@@ -358,13 +361,13 @@ def train(
     ckpt.check_resume(workdir, cfg)
     lock = claim_workdir(workdir)
     try:
-        return _train_claimed(cfg, workdir, mesh, progress, log)
+        return _train_claimed(cfg, workdir, mesh, progress, log, source)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress: bool, log) -> dict:
+def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress: bool, log, source) -> dict:
     """:func:`train` (same arguments) in a workdir this run holds (:func:`claim_workdir`)."""
     primary = jax.process_index() == 0
     say = log or (_write_line if primary else (lambda s: None))
@@ -373,16 +376,24 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     parallel.check_batch_size(int(t.batch_size), mesh)
     workdir_path = Path(workdir)
 
-    prepared = datalib.prepare(cfg.data)
-    datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
+    prepared = datalib.prepare(cfg.data, source)
+    feed = None  # streaming: this host's batches and their position (sashimi_jax.stream)
+    if prepared.stream is not None:
+        local_batch = int(t.batch_size) // jax.process_count()
+        feed = stream.StreamFeed(
+            prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count()
+        )
+    else:
+        datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
     parts, params = build_model(cfg)
     tx = optim.make_optimizer(t, parts.labels)
     host_state = init_state(cfg, params, tx)
 
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
-        f"data: {len(prepared.train)} train / {len(prepared.val)} val / {len(prepared.test)} test windows of "
-        f"{cfg.data.sample_len} samples ({prepared.cache_path}); workdir {workdir_path}"
+        f"data: {'streamed' if feed else len(prepared.train)} train / {len(prepared.val)} val / "
+        f"{len(prepared.test)} test windows of {cfg.data.sample_len} samples "
+        f"({prepared.cache_path or prepared.manifest['source']}); workdir {workdir_path}"
     )
 
     abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
@@ -391,6 +402,8 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     )
     if start is not None:  # step 0 too: a run made by experiments/convert.py continues the official weights
         say(f"resumed from checkpoint {start} in {workdir_path / ckpt.CKPT_DIR}")
+        if feed is not None:
+            feed.restore(stream.load_position(workdir_path, start, jax.process_index()))
     else:
         start, state = 0, replicate(host_state, mesh)
     del host_state, params
@@ -414,8 +427,12 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
         say(f"already trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
     try:
         for step in range(start, int(t.num_steps)):
-            targets = datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), step)
-            state, out = step_fn(state, parallel.shard_batch(targets, mesh))
+            if feed is None:
+                targets = datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), step)
+                targets = parallel.shard_batch(targets, mesh)
+            else:
+                targets = parallel.shard_local_batch(feed.next_batch(), mesh)
+            state, out = step_fn(state, targets)
             out = {k: float(v) for k, v in parallel.tree_to_host(out).items()}
             done = step + 1
             if not _finite(out["loss"], out["grad_norm"]) or not out.pop("params_finite"):
@@ -462,6 +479,9 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
             if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
                 if primary:  # the config goes with a checkpoint only: a run that saves none leaves config.json
                     ckpt.write_config(workdir_path, cfg)
+                if feed is not None:  # the data position goes first: a checkpoint never exists without it
+                    stream.save_position(workdir_path, done, feed.position(), jax.process_index())
+                    stream.prune_positions(workdir_path, set(manager.all_steps()))
                 ckpt.save(manager, done, state, val_loss)
             if stopping:
                 manager.wait_until_finished()
@@ -479,6 +499,8 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
         return summary
     finally:
         stop.restore()
+        if feed is not None:
+            feed.close()
         if bar is not None:
             bar.close()
         manager.wait_until_finished()

@@ -38,3 +38,14 @@ def test_generate_throughput_splits_a_batch_over_one_cpu_device_per_core():
     assert case["batch"] == 2 and case["devices"] == "2 x cpu", case
     assert abs(case["aggregate_samples_per_s"] - 2 * case["samples_per_s_per_stream"]) < 1.0  # both rounded
     assert case["samples_per_stream_timed"] >= 128 and case["prefill_s"] > 0
+
+
+def test_data_throughput_reports_prepared_and_streamed_windows_per_s():
+    report = run_script(
+        "data_throughput.py", "--config", "demo", "--sample_len", "1024", "--files", "3", "--shards", "3",
+        "--batches", "20", "--steps", "0",
+    )
+    assert report["data"] == {"files": 3, "shards": 3, "seconds_each": 60, "mb": 5.5}, report
+    assert report["prepared"]["windows"] == 3 * (60 * 16000 // 1024) and report["prepared"]["read_windows_per_s"] > 0
+    assert report["streaming"]["windows"] >= 4 * report["streaming"]["shuffle_buffer"]  # several blocks decoded
+    assert report["streaming"]["windows_per_s"] > 0 and report["train"] is None

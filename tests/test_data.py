@@ -1,7 +1,6 @@
-"""The data pipeline on audio generated in tmp_path (odd rates, channels, formats, bad files),
-the hf: source on local data through the same code path, the cache, batching and prompts."""
+"""The data pipeline on audio generated in tmp_path (odd rates, channels, formats, bad files), folders and
+their reports, splits, the cache, batching and prompts (hf: sources and from_dataset: tests/test_hub.py)."""
 
-import io
 import json
 import logging
 import math
@@ -10,13 +9,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from conftest import data_config as cfg
+
 from sashimi_jax import data
-from sashimi_jax.config import base_config
 from sashimi_jax.mulaw import encode_window, minmax_scale, mu_law_encode
 
 SR = 16000
@@ -35,26 +33,6 @@ def write(path, seconds=2.5, rate=SR, channels=1, freq=440.0, amp=0.5, **kw):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, tone(seconds, rate, channels, freq, amp), rate, **kw)
     return path
-
-
-def wav_bytes(seconds, rate=SR, freq=440.0):
-    """An in-memory mono wav file."""
-    buf = io.BytesIO()
-    sf.write(buf, tone(seconds, rate, 1, freq), rate, format="WAV")
-    return buf.getvalue()
-
-
-def cfg(tmp_path, source, **overrides):
-    """A small, fast data config: 1 s chunks, 4096-sample windows, cache in tmp_path."""
-    d = base_config().data
-    d.source = str(source)
-    d.cache_dir = str(tmp_path / "cache")
-    d.chunk_seconds = 1.0
-    d.sample_len = 4096
-    d.min_seconds = 0.3
-    for k, v in overrides.items():
-        setattr(d, k, v)
-    return d
 
 
 def peak_hz(x, rate=SR):
@@ -187,6 +165,11 @@ def music_dir(tmp_path):
     write(root / "silent.wav", amp=0.0)
     write(root / "short.wav", seconds=0.2)
     (root / "notes.txt").write_text("not audio")
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "deep" / "er" / "broken.flac").write_bytes(b"fLaC" + b"\x00" * 300)
+    (root / "table.parquet").write_bytes(b"PAR1")
+    with zipfile.ZipFile(root / "more.zip", "w") as zf:
+        zf.writestr("inner/bad.wav", b"RIFF junk")
     return root
 
 
@@ -196,16 +179,22 @@ BAD = {
     "silent.wav": "silent",
     "short.wav": "min_seconds",
     "notes.txt": "not an audio file",
+    "deep/er/broken.flac": "decoded",
+    "table.parquet": "data.source=hf:/the/folder",
+    "more.zip/inner/bad.wav": "decoded",
 }
 
 
-def test_prepare_folder_reports_bad_files_and_splits_by_file(tmp_path, music_dir, caplog):
-    caplog.set_level(logging.WARNING, logger="sashimi_jax.data")
+def test_prepare_folder_reports_bad_files_and_splits_by_file(tmp_path, music_dir, capsys):
     prepared = data.prepare(cfg(tmp_path, music_dir))
     entries = {e["name"]: e for e in prepared.manifest["files"]}
+    # one plain line per skipped file above the progress bar, named by its path relative to the source
+    lines = [part.strip() for part in capsys.readouterr().err.replace("\r", "\n").splitlines() if "skipped" in part]
     for name, words in BAD.items():
         assert entries[name]["status"] == "skipped" and words in entries[name]["reason"]
-        assert any(name in r.getMessage() for r in caplog.records)
+        assert entries[name]["reason"].startswith(f"{name} ")
+        assert f"skipped: {entries[name]['reason']}" in lines
+    assert str(music_dir) not in "".join(e["reason"] for e in entries.values() if e["status"] == "skipped")
     assert prepared.manifest["split_unit"] == "file"
     # 4 good files in natural path order 1, 2, 10, sub/3 -> train 2 files, val 1, test 1
     assert {n: entries[n]["splits"] for n in ["1.wav", "2.flac", "10.wav", "sub/3.ogg"]} == {
@@ -283,6 +272,27 @@ def test_few_files_split_chunks_then_windows(tmp_path, caplog):
     assert (len(prepared.train), len(prepared.val), len(prepared.test)) == (4, 1, 1)
 
 
+def test_lopsided_split_warns_naming_the_files(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="sashimi_jax.data")
+    lopsided = tmp_path / "lopsided"
+    for i in range(1, 5):  # 4 short files -> train: 1 window each
+        write(lopsided / f"{i}.wav", seconds=0.4)
+    write(lopsided / "5.wav", seconds=4.0)  # 2 long files -> val and test: 12 windows each
+    write(lopsided / "6.wav", seconds=4.0)
+    prepared = data.prepare(cfg(tmp_path, lopsided))
+    assert (len(prepared.train), len(prepared.val), len(prepared.test)) == (4, 12, 12)
+    [message] = [r.getMessage() for r in caplog.records if "lopsided" in r.getMessage()]
+    assert "train 4 windows (14%, fraction 0.88) from 1.wav, 2.wav, 3.wav, 4.wav" in message
+    assert "val 12 windows (43%, fraction 0.06) from 5.wav" in message and "test 12 windows" in message
+    assert "data.train_frac" in message and "\n" not in message
+    caplog.clear()
+    balanced = tmp_path / "balanced"
+    for i in range(1, 7):
+        write(balanced / f"{i}.wav", seconds=1.0)
+    data.prepare(cfg(tmp_path, balanced))
+    assert not any("lopsided" in r.getMessage() for r in caplog.records)
+
+
 # -------------------------------------------------------------------------- synthetic source
 
 
@@ -332,142 +342,6 @@ def test_prepare_synthetic(tmp_path):
     np.testing.assert_array_equal(
         prepared.train[:7], data.window_tokens(data.synthetic_music(16.0, SR, 0)[: 2 * SR], 4096)
     )
-
-
-# ------------------------------------------------------------------------------ hf: sources
-
-
-def make_hub_repo(root):
-    """A dataset repo layout: a zip of wavs, a parquet and an arrow table with an audio column,
-    plus files that must not be read unless selected."""
-    root.mkdir(parents=True)
-    with zipfile.ZipFile(root / "clips.zip", "w") as zf:
-        for name, freq in [("clips/10.wav", 300), ("clips/2.wav", 400), ("clips/1.wav", 500)]:
-            zf.writestr(name, wav_bytes(1.2, SR, freq))
-        zf.writestr("clips/readme.txt", "hello")
-        zf.writestr("__MACOSX/clips/._1.wav", "junk")
-    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    rows = [{"bytes": wav_bytes(1.2, 22050, 600), "path": "b.wav"}, {"bytes": b"broken", "path": "a.wav"}]
-    table = pa.table({"audio": pa.array(rows, audio_type), "label": [1, 2]})
-    features = {"info": {"features": {"audio": {"_type": "Audio"}, "label": {"dtype": "int64", "_type": "Value"}}}}
-    (root / "data").mkdir()
-    pq.write_table(
-        table.replace_schema_metadata({"huggingface": json.dumps(features)}),
-        root / "data" / "train-00000-of-00001.parquet",
-    )
-    with pa.OSFile(str(root / "data" / "extra.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(
-            pa.table(
-                {"audio": pa.array([{"bytes": wav_bytes(1.2, 8000, 700), "path": None}], audio_type), "label": [3]}
-            )
-        )
-    write(root / "raw_big.wav", seconds=1.0)  # stands for the 1.47 GB raw wav: never selected here
-    (root / "README.md").write_text("# dataset card")
-    return root
-
-
-HF_FILES = "clips.zip,data/*.parquet,data/*.arrow"
-HF_NAMES = [
-    "clips.zip/clips/1.wav",
-    "clips.zip/clips/2.wav",
-    "clips.zip/clips/10.wav",
-    "data/extra.arrow/row0",
-    "data/train-00000-of-00001.parquet/a.wav",
-    "data/train-00000-of-00001.parquet/b.wav",
-]
-
-
-def check_hub_prepared(prepared):
-    entries = {e["name"]: e for e in prepared.manifest["files"]}
-    assert [e["name"] for e in prepared.manifest["files"] if e["name"] in HF_NAMES] == HF_NAMES  # natural order
-    assert entries["data/train-00000-of-00001.parquet/a.wav"]["status"] == "skipped"
-    assert entries["clips.zip/clips/readme.txt"]["status"] == "skipped"
-    assert not any("raw_big" in n or "README" in n or "__MACOSX" in n for n in entries)
-    ok = [n for n in HF_NAMES if entries[n]["status"] == "ok"]
-    assert ok == [n for n in HF_NAMES if not n.endswith("a.wav")]
-    assert all(entries[n]["windows"] == 3 for n in ok)  # 1.2 s -> one 1 s chunk (3 windows) + 0.2 s dropped
-    assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 15
-    # the 5 good recordings, split by recording in natural order: 3 / 1 / 1
-    assert [entries[n]["splits"] for n in ok] == [["train"]] * 3 + [["val"], ["test"]]
-
-
-def test_hf_local_dir_reads_zip_parquet_and_arrow(tmp_path):
-    repo = make_hub_repo(tmp_path / "repo")
-    prepared = data.prepare(cfg(tmp_path, f"hf:{repo}", hf_files=HF_FILES))
-    check_hub_prepared(prepared)
-    x = data.load_audio_bytes(wav_bytes(1.2, 22050, 600), "b.wav", SR)  # the last good row: the test split
-    assert peak_hz(x) == pytest.approx(600, abs=2)
-    np.testing.assert_array_equal(prepared.test, data.window_tokens(x[:SR], 4096))
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    """An unreachable Hub (closed local port) and an empty Hugging Face cache in tmp_path."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    return tmp_path / "hf_cache"
-
-
-def test_hf_repo_id_uses_the_hugging_face_cache_offline(tmp_path, fake_hub):
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    storage = fake_hub / "datasets--acme--tiny_music"
-    make_hub_repo(storage / "snapshots" / sha)
-    (storage / "refs").mkdir(parents=True)
-    (storage / "refs" / "main").write_text(sha)
-    prepared = data.prepare(cfg(tmp_path, "hf:acme/tiny_music", hf_files=HF_FILES))
-    check_hub_prepared(prepared)
-    assert prepared.manifest["root"] == str(storage / "snapshots" / sha)
-    local = data.prepare(cfg(tmp_path, f"hf:{storage / 'snapshots' / sha}", hf_files=HF_FILES))
-    for split in data.SPLITS:  # the hub id and the local directory give the same tokens
-        np.testing.assert_array_equal(getattr(prepared, split), getattr(local, split))
-
-
-def test_unreachable_hub_fails_fast_with_one_sentence(tmp_path, fake_hub):
-    start = time.perf_counter()
-    with pytest.raises(data.DataError) as err:
-        data.prepare(cfg(tmp_path, "hf:galbezalel/youtube_bigband", hf_files="youtube_bigband.zip"))
-    assert time.perf_counter() - start < 5.0
-    message = str(err.value)
-    assert "could not reach the Hugging Face Hub for galbezalel/youtube_bigband" in message
-    assert "hf download galbezalel/youtube_bigband youtube_bigband.zip" in message and "\n" not in message
-
-
-def test_hub_offline_mode_is_reported(tmp_path, fake_hub, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(data.DataError, match="could not reach"):
-        data.prepare(cfg(tmp_path, "hf:acme/nothing_cached"))
-
-
-def test_hub_gated_and_missing_repos_are_explained(tmp_path, monkeypatch):
-    import httpx2
-    import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    response = httpx2.Response(401, request=httpx2.Request("GET", "https://huggingface.co/api/datasets/x"))
-    for error, words in [(GatedRepoError, "is gated"), (RepositoryNotFoundError, "was not found")]:
-
-        def refuse(*args, error=error, **kwargs):
-            raise error("refused", response=response)
-
-        monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-        with pytest.raises(data.DataError, match=words) as err:
-            data.prepare(cfg(tmp_path, "hf:krandiash/youtubemix", hf_files="youtube_mix.zip"))
-        assert "krandiash/youtubemix" in str(err.value) and "hf_token" in str(err.value)
-
-
-def test_hf_selection_errors(tmp_path):
-    repo = make_hub_repo(tmp_path / "repo")
-    with pytest.raises(data.DataError, match="'missing.zip'"):
-        data.prepare(cfg(tmp_path, f"hf:{repo}", hf_files="missing.zip"))
-    with pytest.raises(data.DataError, match="names no existing directory"):
-        data.prepare(cfg(tmp_path, f"hf:{tmp_path / 'absent'}"))
-    # hf_files = "" takes every audio file, archive and table (here including raw_big.wav)
-    names = [e["name"] for e in data.prepare(cfg(tmp_path, f"hf:{repo}")).manifest["files"]]
-    assert "raw_big.wav" in names and "README.md" not in names
 
 
 # ------------------------------------------------------------------------ batches and inputs

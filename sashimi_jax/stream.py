@@ -1,0 +1,279 @@
+"""Streaming training data (``data.streaming``): the train split read as it streams, never stored whole.
+
+Windows are cut and mu-law encoded on the fly from each row of the train ``IterableDataset``; each host
+reads only its own shards (``datasets.distributed.split_dataset_by_node``); validation and test are read
+once, fixed and finite, and held in memory. A dataset with one split is split 88/6/6 in order, by data
+file (shard) when it has 3 or more, else by recording.
+
+Shuffling and exact resume: ``IterableDataset.shuffle``'s buffer is not part of the dataset's
+``state_dict()`` (a resumed iterator starts with an empty buffer and yields other examples), so the windows
+are shuffled here in blocks of ``data.shuffle_buffer``, each block permuted by (train.seed, block index).
+The data position saved with every checkpoint (:func:`save_position`) is the dataset's own
+``state_dict()`` before the row where the current block began, the windows of that row already taken,
+the block index and the windows of the block consumed; a resumed run reads that one block again and
+continues on exactly the windows an uninterrupted run would have seen. Batches are made ahead in a
+background thread (:class:`StreamFeed`), so decoding overlaps the training step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sashimi_jax import data as datalib
+from sashimi_jax.data import DataError, DatasetSource
+
+POSITION_DIR = "data_position"  # <workdir>/data_position/<step>.p<process>.json, one per checkpoint
+START = {"rows": None, "epoch": 0, "used": 0, "block": 0, "offset": 0}  # the position of a new run
+
+
+def split_stream(ds: Any, train_frac: float, val_frac: float, label: str) -> dict[str, Any]:
+    """Split a streamed dataset 88/6/6 in order: {"train", "val", "test"} datasets.
+
+    By shard (data file) when there are 3 or more; else by row (recording), counting the rows in one
+    pass first (a dataset of 1 or 2 data files, or an audio folder / zip, whose rows are only paths).
+
+    Raises:
+      DataError: fewer than 3 rows.
+    """
+    import datasets
+
+    n = ds.num_shards
+    if n >= 3:
+        b1, b2 = datalib.split_bounds(n, train_frac, val_frac)
+        shards = [ds.shard(num_shards=n, index=i) for i in range(n)]
+        bounds = {"train": (0, b1), "val": (b1, b2), "test": (b2, n)}
+        return {s: datasets.concatenate_datasets(shards[a:b]) for s, (a, b) in bounds.items()}
+    rows = sum(1 for _ in ds)
+    if rows < 3:
+        raise DataError(
+            f"{label} streams {rows} recording(s) and defines no validation or test split; give it 3 or more "
+            "recordings or validation/test splits, or set data.streaming=False."
+        )
+    b1, b2 = datalib.split_bounds(rows, train_frac, val_frac)
+    return {"train": ds.take(b1), "val": ds.skip(b1).take(b2 - b1), "test": ds.skip(b2)}
+
+
+def prepare_stream(source: DatasetSource, data_cfg: Any) -> datalib.PreparedData:
+    """Read the validation and test splits of a streamed source into memory; keep the train split to stream.
+
+    Returns:
+      PreparedData with an empty ``train``, uint8 ``val`` / ``test`` windows, ``cache_path`` None and
+      ``stream`` = the source restricted to its train split.
+    """
+    d = data_cfg
+    splits = dict(source.splits)
+    if set(splits) == {"train"}:
+        splits = split_stream(splits["train"], d.train_frac, d.val_frac, source.label)
+    evals = dataclasses.replace(source, splits={k: v for k, v in splits.items() if k != "train"})
+    parts = [
+        datalib.Recordings(datalib.dataset_loaders(evals, s, d.sample_rate), None, datalib.SPLITS.index(s))
+        for s in evals.splits
+    ]
+    (_, val, test), manifest = datalib.split_tokens(evals, parts, [], d)
+    manifest.update(streaming=True, windows={**manifest["windows"], "train": None})
+    train = dataclasses.replace(source, splits={"train": splits["train"]})
+    return datalib.PreparedData(np.zeros((0, d.sample_len), np.uint8), val, test, manifest, None, stream=train)
+
+
+# ------------------------------------------------------------------------------ the windows
+
+
+def host_split(ds: Any, process: int, processes: int) -> Any:
+    """The part of a streamed split that one host reads: whole shards when their count divides by the hosts,
+    else every ``processes``-th example (``datasets.distributed.split_dataset_by_node``)."""
+    if processes == 1:
+        return ds
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(ds, rank=process, world_size=processes)
+
+
+def row_windows(source: DatasetSource, row: dict, index: int, data_cfg: Any) -> np.ndarray:
+    """The token windows of one streamed row, uint8 (n, sample_len); (0, sample_len) for a bad row (reported)."""
+    d = data_cfg
+    name, load = datalib.row_loader(source, row, "train", index, d.sample_rate)
+    try:
+        x = load()
+        datalib.check_audio(x, name, d.sample_rate, d.min_seconds)
+        return np.concatenate(datalib.file_windows(x, name, d))
+    except datalib.AudioError as err:
+        datalib.report_skip({"reason": str(err)})
+        return np.zeros((0, d.sample_len), np.uint8)
+
+
+def windows_from(source: DatasetSource, ds: Any, position: dict, data_cfg: Any) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yield (cursor, window uint8 (sample_len,)) from ``position`` on, epoch after epoch, forever.
+
+    The cursor of a window is {"rows": ds.state_dict() before its row (None: the epoch's first row),
+    "epoch", "used": its index among the row's windows}: where to restart to read it again.
+
+    Raises:
+      DataError: a whole epoch of the split yields no window.
+    """
+    rows_state, epoch, used = position["rows"], position["epoch"], position["used"]
+    while True:
+        ds.load_state_dict(copy.deepcopy(rows_state))  # None: from the first row (datasets starts afresh)
+        rows = iter(ds)
+        found, before = 0, rows_state
+        for index in itertools.count():
+            row = next(rows, None)
+            if row is None:
+                break
+            w = row_windows(source, row, index, data_cfg)
+            for j in range(used, len(w)):
+                yield {"rows": before, "epoch": epoch, "used": j}, w[j]
+            found += len(w)
+            used = 0
+            before = copy.deepcopy(ds.state_dict())
+        if not found and rows_state is None:
+            raise DataError(
+                f"the train split of {source.label} yields no window of data.sample_len={data_cfg.sample_len} "
+                "samples on this host; lower data.sample_len or check the dataset's audio."
+            )
+        rows_state, epoch = None, epoch + 1
+
+
+def batches_from(
+    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, dict]]:
+    """Yield (int32 (batch_size, L) targets, the position after them) from ``position`` on.
+
+    Windows are taken in blocks of ``data.shuffle_buffer``, each permuted by (seed, block index).
+    """
+    size = max(int(data_cfg.shuffle_buffer), 1)
+    windows = windows_from(source, ds, position, data_cfg)
+    block, offset = position["block"], position["offset"]
+
+    def next_block() -> tuple[dict, np.ndarray]:
+        taken = [next(windows) for _ in range(size)]
+        order = np.random.default_rng([seed, block]).permutation(size)
+        return taken[0][0], np.stack([w for _, w in taken])[order]
+
+    first, current = next_block()
+    while True:
+        rows = []
+        while len(rows) < batch_size:
+            if offset == size:
+                block, offset = block + 1, 0
+                first, current = next_block()
+            take = min(batch_size - len(rows), size - offset)
+            rows.extend(current[offset : offset + take])
+            offset += take
+        yield np.asarray(rows, np.int32), {**first, "block": block, "offset": offset}
+
+
+class StreamFeed:
+    """This host's training batches from a streamed train split, made ahead in a background thread.
+
+    ``next_batch()`` returns int32 (local_batch, L); ``position()`` is where the batches after the last one
+    returned start (a small JSON-able dict, saved with each checkpoint); ``restore(position)`` before the
+    first ``next_batch()`` continues from a saved one.
+    """
+
+    def __init__(self, source: DatasetSource, data_cfg: Any, local_batch: int, seed: int, process: int = 0,
+                 processes: int = 1, prefetch: int = 4):
+        self.source, self.data_cfg, self.local_batch, self.seed = source, data_cfg, local_batch, seed
+        self.ds = host_split(source.splits["train"], process, processes)
+        self._position = dict(START)
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def restore(self, position: dict) -> None:
+        """Continue from a saved :meth:`position` (call before the first batch)."""
+        assert self._thread is None, "restore before the first batch"
+        self._position = dict(position)
+
+    def position(self) -> dict:
+        """The data position after the last batch returned."""
+        return self._position
+
+    def _put(self, item: tuple) -> bool:
+        """Queue ``item`` for the training thread, waiting for room; False once closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for item in batches_from(self.source, self.ds, self._position, self.data_cfg, self.local_batch, self.seed):
+                if not self._put(item):
+                    return
+        except BaseException as err:  # handed to the training thread, raised there
+            self._put((err, None))
+
+    def next_batch(self) -> np.ndarray:
+        """This host's next batch: int32 (local_batch, L) target windows."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="stream-feed", daemon=True)
+            self._thread.start()
+        batch, position = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self._position = position
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------- saved positions
+
+
+def position_path(workdir: str | os.PathLike, step: int, process: int) -> Path:
+    """Where the data position of checkpoint ``step`` of one process is kept."""
+    return Path(workdir) / POSITION_DIR / f"{step}.p{process}.json"
+
+
+def save_position(workdir: str | os.PathLike, step: int, position: dict, process: int = 0) -> None:
+    """Write the data position of checkpoint ``step`` (atomically, before the checkpoint itself is saved)."""
+    path = position_path(workdir, step, process)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(position))
+    os.replace(tmp, path)
+
+
+def load_position(workdir: str | os.PathLike, step: int, process: int = 0) -> dict:
+    """The data position saved with checkpoint ``step``.
+
+    Raises:
+      DataError: none was saved (a checkpoint of a run that did not stream).
+    """
+    path = position_path(workdir, step, process)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"checkpoint {step} in {workdir} has no streaming data position ({path} is missing or unreadable); "
+            "resume it with data.streaming=False as it was trained, or start a new --workdir."
+        ) from err
+
+
+def prune_positions(workdir: str | os.PathLike, keep: set[int]) -> None:
+    """Remove the saved positions of checkpoints that are gone (all but ``keep`` and newer steps)."""
+    folder = Path(workdir) / POSITION_DIR
+    if not folder.is_dir() or not keep:
+        return
+    for path in folder.glob("*.p*.json"):
+        step = int(path.name.split(".")[0])
+        if step < max(keep) and step not in keep:
+            path.unlink(missing_ok=True)
