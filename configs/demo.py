@@ -18,10 +18,10 @@ def get_config():
     c.data.synthetic_seconds = 120.0  # two minutes of generated audio
     c.data.synthetic_files = 12  # split into 12 "files" (train/val/test by file)
     c.train.batch_size = 4  # four windows per step
-    c.train.num_steps = 300  # about three minutes on 2 CPU cores
+    c.train.num_steps = 400  # about three minutes on 2 CPU cores, train and generate
     c.train.lr = 0.004  # reference lr
     c.train.schedule = "constant"  # too short a run for the plateau schedule to matter
-    c.train.eval_every = 100  # validate three times
+    c.train.eval_every = 100  # validate four times
     c.train.eval_batches = 8  # on 8 validation batches
     c.train.log_every = 20  # log often
     c.train.ckpt_every = 100  # checkpoint often
