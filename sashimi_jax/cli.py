@@ -82,6 +82,8 @@ def quiet_logs() -> None:
         return
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs through absl, including routine warnings
+    for name in ("HF_HUB_VERBOSITY", "DATASETS_VERBOSITY"):  # offline retries: our own sentence says it
+        os.environ.setdefault(name, "error")  # read when huggingface_hub / datasets are imported
 
 
 def deterministic_gpu(enable: bool = True) -> None:
