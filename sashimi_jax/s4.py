@@ -7,7 +7,7 @@ One equation per function, in the order a sample meets them:
 * :func:`conj_expand` -- the N/2 stored modes plus their complex conjugates (the full N-dim system).
 * :func:`apply_bilinear` / :func:`discrete_b` -- bilinear discretisation, A_bar x and B_bar, in O(N) per channel
   via the Woodbury identity (A = Lambda - P P^* is diagonal plus low rank).
-* :func:`real_transition` -- each channel's A_bar as a real (N, N) matrix acting on [Re x, Im x].
+* :func:`real_transition` -- each channel's A_bar as a real (N, N) matrix acting on [Re x, Im x] (closed form).
 * :func:`ssm_kernel` -- the length-L convolution kernel C A_bar^k B_bar in blocks: matrix powers by doubling and
   one batched matrix product (:func:`block_split`).
 * :func:`causal_conv` -- y = K * u (causal, by FFT) + D u.
@@ -165,15 +165,25 @@ def to_complex(r: jax.Array) -> jax.Array:
 
 
 def real_transition(lam: jax.Array, p: jax.Array, dt: jax.Array) -> jax.Array:
-    """A_bar of every channel as a real matrix on [Re x, Im x]: the bilinear map applied to the N real basis vectors.
+    """A_bar of every channel as a real matrix on [Re x, Im x], in closed form: a 2x2-block diagonal plus rank 1.
 
-    The map is R-linear (not C-linear: the low-rank term couples x and conj(x)), so its real matrix is
-    read off the basis. Returns float (H, n, n) M with x_next = M[h] @ x.
+    Expanding :func:`apply_bilinear` with phi = (1 + dt/2 Lambda) / d and kappa = (dt/2) / (1 + (dt/2) q):
+    A_bar x = phi x - kappa (P / d) 2 Re(f^* x) with f = P + P conj(phi). The map is R-linear (not C-linear:
+    the real part couples x and conj(x)), so in real coordinates the first term is the block
+    [[Re phi, -Im phi], [Im phi, Re phi]] of diagonals and the second a real outer product.
+
+    Args: lam, p complex (n/2,); dt real (H,). Returns float (H, n, n) M with x_next = M[h] @ x.
     """
-    n = 2 * lam.shape[-1]
-    basis = to_complex(jnp.eye(n, dtype=jnp.real(lam).dtype))[:, None, :]  # (n, 1, n/2): row j = j-th basis vector
-    images = to_real(apply_bilinear(basis, lam, p, dt))  # (n, H, n): images[j, h] = M[h] @ e_j
-    return jnp.transpose(images, (1, 2, 0))
+    inv_d, q = resolvent_terms(lam, p, dt)
+    hdt = 0.5 * dt[:, None]
+    phi = inv_d * (1.0 + hdt * lam)  # (H, n/2)
+    kappa = hdt / (1.0 + hdt * q[:, None])  # (H, 1)
+    u = to_real(inv_d * p)  # (H, n): the column, P / d
+    w = 2.0 * to_real(p + p * jnp.conj(phi))  # (H, n): the row, 2 Re(f^* x) = w . [Re x, Im x]
+    eye = jnp.eye(lam.shape[-1], dtype=u.dtype)
+    re, im = jnp.real(phi)[..., None] * eye, jnp.imag(phi)[..., None] * eye  # (H, n/2, n/2) diagonals
+    rotation = jnp.concatenate([jnp.concatenate([re, -im], -1), jnp.concatenate([im, re], -1)], -2)
+    return rotation - (kappa[..., None] * u[:, :, None]) * w[:, None, :]
 
 
 def readout_real(c: jax.Array) -> jax.Array:
