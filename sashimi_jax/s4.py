@@ -225,10 +225,10 @@ def c_tilde(c: jax.Array, a: jax.Array, length: int) -> jax.Array:
 
 
 def block_split(length: int) -> tuple[int, int]:
-    """(T, J): a length-L kernel is computed as J blocks of T samples, T = 2^ceil(log2(sqrt(L / 4))), J = ceil(L / T).
+    """(T, J) for :func:`state_after`: J blocks of T samples, T = 2^ceil(log2(sqrt(L / 4))), J = ceil(L / T).
 
-    T sets the cost balance of :func:`ssm_kernel`: log2(T) squarings of the (N, N) transitions against J
-    sequential row updates (measured fastest on a 2-core CPU for L from 1,000 to 131,072).
+    T balances log2(T) squarings of the (N, N) transitions against J sequential state updates. The kernel
+    (:func:`ssm_kernel`) uses :func:`kernel_split` instead, whose cost model also counts its backward pass.
     """
     t = 1 << max(0, int(np.ceil(0.5 * np.log2(max(length, 1) / 4.0))))
     return t, -(-length // t)
