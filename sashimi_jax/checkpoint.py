@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sashimi_jax.config import REDACTED, ConfigError, base_config, check_config, is_secret_key, lock, redact
-from sashimi_jax.workdir import WorkdirError
+from sashimi_jax.workdir import WorkdirError, write_text_atomic
 
 CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
@@ -155,11 +155,8 @@ def check_resume(workdir: str | os.PathLike, cfg: ml_collections.ConfigDict) -> 
 
 def write_config(workdir: str | os.PathLike, cfg: ml_collections.ConfigDict) -> Path:
     """Write ``workdir/config.json`` atomically (temporary file + rename), secrets redacted. Returns its path."""
-    path = Path(workdir) / CONFIG_FILE
-    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(redact(config_dict(cfg)), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(redact(config_dict(cfg)), indent=1, sort_keys=True) + "\n"
+    return write_text_atomic(Path(workdir) / CONFIG_FILE, text)
 
 
 # --------------------------------------------------------------------------------- checkpoints

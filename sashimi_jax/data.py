@@ -38,13 +38,14 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from natsort import natsorted, ns
 from tqdm import tqdm
 
 from sashimi_jax.mulaw import encode_window
+from sashimi_jax.workdir import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -889,14 +890,6 @@ def lopsided_message(split: np.ndarray, owners: np.ndarray, entries: list[dict],
     )
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through a temporary sibling and os.replace, so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def load_prepared(path: Path) -> PreparedData | None:
     """Memory-map a complete cache directory; None if it is missing or incomplete."""
     try:
@@ -990,8 +983,8 @@ def prepare(data_cfg: Any, source: Source | DatasetSource | None = None) -> Prep
     manifest["identity"] = source_identity(source, d)
     path.mkdir(parents=True, exist_ok=True)
     for name, tokens in zip(SPLITS, splits, strict=True):
-        _atomic_write(path / f"{name}.npy", lambda f, tokens=tokens: np.save(f, tokens))
-    _atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        atomic_write(path / f"{name}.npy", lambda f, tokens=tokens: np.save(f, tokens))
+    atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     logger.info("prepared %s into %s: %s windows", source.label, path, manifest["windows"])
     prepared = load_prepared(path)
     assert prepared is not None

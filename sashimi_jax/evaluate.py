@@ -29,6 +29,7 @@ from sashimi_jax import train as trainlib
 from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
 from sashimi_jax.sashimi import SaShiMi
+from sashimi_jax.workdir import write_text_atomic
 
 SPLITS = ("test", "val", "train")
 
@@ -130,8 +131,5 @@ def evaluate_run(
         **{k: table[k] for k in ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")},
     }
     if write and jax.process_index() == 0:
-        out = Path(workdir) / f"eval_{split}.json"
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        write_text_atomic(Path(workdir) / f"eval_{split}.json", json.dumps(result, indent=1) + "\n")
     return result

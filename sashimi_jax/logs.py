@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sashimi_jax.workdir import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 PLOT_FILE = "loss.png"
@@ -79,9 +81,7 @@ class RunLog:
             return
         path = self.workdir / METRICS_FILE
         self.records = [r for r in read_records(path) if r.get("step", 0) <= resume_step]
-        tmp = path.with_name(f".{METRICS_FILE}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._file = open(path, "a")  # noqa: SIM115 -- kept open for the run, closed by close()
         from tensorboardX import SummaryWriter
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from sashimi_jax import data as datalib
 from sashimi_jax.data import DataError, DatasetSource
+from sashimi_jax.workdir import write_text_atomic
 
 POSITION_DIR = "data_position"  # <workdir>/data_position/<step>.p<process>.json, one per checkpoint
 START = {"rows": None, "epoch": 0, "used": 0, "block": 0, "offset": 0}  # the position of a new run
@@ -247,9 +248,7 @@ def save_position(workdir: str | os.PathLike, step: int, position: dict, process
     """Write the data position of checkpoint ``step`` (atomically, before the checkpoint itself is saved)."""
     path = position_path(workdir, step, process)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(position))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(position))
 
 
 def load_position(workdir: str | os.PathLike, step: int, process: int = 0) -> dict:

@@ -21,7 +21,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 LOCK_FILE = "train.lock"
 
@@ -63,6 +65,21 @@ def ensure_writable(path: str | os.PathLike, flag: str = "--workdir") -> Path:
             f"cannot write to {flag} {p} ({why}); pass a {flag} on a writable disk, or fix its permissions."
         ) from None
     return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through a temporary sibling and ``os.replace``, so readers never see a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class WorkdirLock:
@@ -140,4 +157,7 @@ def lock_workdir(workdir: str | os.PathLike) -> WorkdirLock:
     )
 
 
-__all__ = ["LOCK_FILE", "WorkdirError", "WorkdirLock", "check_run_dir", "ensure_writable", "in_use", "lock_workdir"]
+__all__ = [
+    "LOCK_FILE", "WorkdirError", "WorkdirLock", "atomic_write", "check_run_dir", "ensure_writable", "in_use",
+    "lock_workdir", "write_text_atomic",
+]
