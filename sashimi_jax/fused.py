@@ -30,6 +30,7 @@ Other differences from ``step`` (same math, cheaper on XLA's CPU backend):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -41,6 +42,7 @@ from sashimi_jax import s4 as s4lib
 from sashimi_jax.sashimi import SaShiMi, SaShiMiState, gelu
 
 HIGHEST = jax.lax.Precision.HIGHEST
+TOP_GROUP = 4  # centre steps per chunk of the top tier (64 samples for pool (4, 4)), see chunk_steps
 
 
 class LayerChunk(NamedTuple):
@@ -106,12 +108,10 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
       steps: F >= 1, a Python int.
     """
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
-    pows = [jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)]  # A^0 .. A^F, (H, N, N) each
-    for _ in range(steps):
-        pows.append(jnp.matmul(a, pows[-1], precision=HIGHEST))
-    pows = jnp.stack(pows)  # (F + 1, H, N, N)
-    free = jnp.einsum("hm,jhmn->hjn", c, pows[1:], precision=HIGHEST)
-    impulse = jnp.einsum("jhmn,hn->jhm", pows[:steps], b, precision=HIGHEST)  # (F, H, N): A^m B
+    size = 1 << int(np.ceil(np.log2(steps + 1)))  # impulse_block doubles up to a power of 2
+    impulse = jnp.moveaxis(s4lib.impulse_block(a, b, size)[0][..., :steps], -1, 0)  # (F, H, N): A^m B
+    free = jnp.swapaxes(s4lib.impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)[:, 1 : steps + 1]  # C A^(j+1)
+    a_pow = s4lib.matrix_power(a, steps)
     kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
     lag = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # [k, j] = j - k
     toeplitz_t = jnp.where((lag >= 0)[..., None], kern[np.maximum(lag, 0)], 0.0)
@@ -119,7 +119,7 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
         free=free,
         kern=kern,
         toeplitz_t=toeplitz_t,
-        a_pow=jnp.swapaxes(pows[steps], -1, -2),
+        a_pow=jnp.swapaxes(a_pow, -1, -2),
         b_pow=jnp.swapaxes(impulse[::-1], 0, 1),
     )
 
@@ -132,15 +132,25 @@ def tier_strides(model: SaShiMi) -> tuple[int, ...]:
     return tuple(strides)
 
 
+def top_group(reps: int) -> int:
+    """Centre steps per chunk of the top tier: gcd(reps, TOP_GROUP) (see :func:`chunk_steps`)."""
+    return math.gcd(int(reps), TOP_GROUP)
+
+
 def chunk_steps(model: SaShiMi, reps: int = 1) -> tuple[int, ...]:
     """Steps per S4 chunk of each tier (top first) for frames of ``reps`` centre steps.
 
-    The top tier is chunked per centre step (prod(pool) = 16 samples); the slower tiers over the whole
-    frame (reps x 4 and reps x 1 steps for pool (4, 4)): their dense state update, the costly part at large
-    batches, then runs once per ``reps`` centre steps. With a single tier everything is one chunk.
+    The top tier is chunked every :func:`top_group` centre steps (4 x 16 = 64 samples for pool (4, 4)),
+    the slower tiers over the whole frame (reps x 4 and reps x 1 steps). A chunk boundary costs a product
+    with every channel's (N, N) transition power A_h^F and reads the (H, F, N) free-response and input
+    matrices; at small batches that is bound by reading those per-channel matrices, so the slower tiers,
+    whose H is largest, update once per frame (16 centre steps = 256 samples by default). Longer chunks
+    cost more per sample in the (F, B, H) accumulator updates, hence the top tier's shorter ones.
+    With a single tier everything is one chunk.
     """
     per_centre = [model.frame // s for s in tier_strides(model)]
-    return tuple(n if (i == 0 and len(per_centre) > 1) else n * reps for i, n in enumerate(per_centre))
+    group = top_group(reps)
+    return tuple(n * group if (i == 0 and len(per_centre) > 1) else n * reps for i, n in enumerate(per_centre))
 
 
 def frame_cache(model: SaShiMi, reps: int = 1, cache=None) -> FrameCache:
@@ -255,8 +265,9 @@ def frame_step(
     The frame is nested loops, one per tier (``lax.fori_loop``; the loop bodies are compiled once, not
     unrolled): tier i's step runs after the p_{i-1} steps of tier i-1 that fill its DownPool, and refills
     tier i-1's UpPool buffer for the next p_{i-1} steps -- the order ``model.step`` gives the same data.
-    The outermost loop runs the ``reps`` centre steps; tiers chunked per centre step (the top tier, see
-    :func:`chunk_steps`) read and update their S4 states inside it, the others once per frame.
+    The outermost loops run the ``reps`` centre steps in groups of :func:`top_group`; tiers chunked per
+    group (the top tier, see :func:`chunk_steps`) read and update their S4 states around each group, the
+    others once per frame.
 
     Args:
       model: the network (inference: dropout is not applied).
@@ -274,7 +285,8 @@ def frame_step(
     tiers = [*model.tiers, model.center]
     per_centre = [model.frame // s for s in tier_strides(model)]  # steps of tier i per centre step
     steps = chunk_steps(model, reps)
-    inner = [i for i in range(depth + 1) if steps[i] == per_centre[i] and reps > 1]  # chunked per centre step
+    group = top_group(reps) if depth else reps
+    inner = [i for i in range(depth + 1) if steps[i] == per_centre[i] * group and group < reps]  # chunked per group
     for i in range(depth + 1):
         for ch in fcache.tiers[i]:
             if ch.kern.shape[0] != steps[i]:
@@ -312,7 +324,7 @@ def frame_step(
             phase = k % pools[i]
             slots[i] = jax.lax.dynamic_update_index_in_dim(slots[i], x, phase, axis=0)
             x = jax.lax.dynamic_index_in_dim(up[i], phase, axis=1, keepdims=False) + x
-        kc = k % per_centre[i] if i in inner else k  # index in the tier's chunk
+        kc = k % steps[i] if i in inner else k  # index in the tier's chunk
         y, hist[i], acc[i] = layers(i, kc, x, hist[i], acc[i])
         y = y + x
         token, out, kept = c.token, c.out, c.logits
@@ -327,13 +339,17 @@ def frame_step(
         return c._replace(token=token, out=out, up=tuple(up), slots=tuple(slots), hist=tuple(hist), acc=tuple(acc),
                           logits=kept)
 
-    def centre_step(r: jax.Array, c: _Carry) -> _Carry:
-        """Centre step r of the frame; the per-centre-step chunks start and end around it."""
+    def group_step(g: jax.Array, c: _Carry) -> _Carry:
+        """Centre steps g * group .. g * group + group - 1; the inner tiers' chunks start and end around them."""
         hist, acc, ssm = list(c.hist), list(c.acc), list(c.ssm)
         for i in inner:
             acc[i] = tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], ssm[i]))
             hist[i] = tuple(jnp.zeros_like(h) for h in hist[i])
-        c = run_tier(depth, r, c._replace(hist=tuple(hist), acc=tuple(acc)))
+        c = c._replace(hist=tuple(hist), acc=tuple(acc))
+        if group == 1:
+            c = run_tier(depth, g, c)
+        else:
+            c = jax.lax.fori_loop(0, group, lambda q, cc: run_tier(depth, g * group + q, cc), c)
         ssm = list(c.ssm)
         for i in inner:
             ssm[i] = tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], ssm[i], c.hist[i]))
@@ -357,10 +373,10 @@ def frame_step(
         ssm=tuple(state.ssm),
         logits=jnp.zeros((f, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None,
     )
-    if reps == 1:
-        carry = centre_step(jnp.int32(0), carry)
+    if reps == group:
+        carry = group_step(jnp.int32(0), carry)
     else:
-        carry = jax.lax.fori_loop(0, reps, centre_step, carry)
+        carry = jax.lax.fori_loop(0, reps // group, group_step, carry)
     ssm = tuple(
         carry.ssm[i]
         if i in inner

@@ -1,6 +1,6 @@
 """Fast autoregressive sampling: temperature / top-k / nucleus sampling inside one compiled loop per chunk.
 
-A batch of B streams is generated frame by frame (F = reps x prod(pool) = 4 x 16 = 64 samples per frame,
+A batch of B streams is generated frame by frame (F = reps x prod(pool) = 16 x 16 = 256 samples per frame,
 see :mod:`sashimi_jax.fused`) inside one ``jax.lax.fori_loop`` per chunk; the host only sees finished
 chunks. Usage::
 
@@ -49,11 +49,11 @@ from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-DEFAULT_REPS = 4  # centre steps per compiled frame: frames of 4 x 16 = 64 samples (see fused.chunk_steps)
+DEFAULT_REPS = 16  # centre steps per compiled frame: frames of 16 x 16 = 256 samples (see fused.chunk_steps)
 
 
 def frame_size(model: SaShiMi, reps: int = DEFAULT_REPS) -> int:
-    """Samples per frame of the generation loop: reps x prod(pool) (64 by default)."""
+    """Samples per frame of the generation loop: reps x prod(pool) (256 by default)."""
     return model.frame * int(reps)
 
 

@@ -80,7 +80,7 @@ def stepped(model):
     return lambda tokens: run(params, jnp.asarray(tokens, jnp.int32))
 
 
-@pytest.mark.parametrize("reps", [1, 4])
+@pytest.mark.parametrize("reps", [1, 4, 8])
 def test_frame_step_equals_step(model, stepped, reps):
     """Teacher-forced frames (of 1 or 4 centre steps) give the logits and the state of model.step."""
     b, length = 2, 128  # 8 centre steps: every tier runs and its pooled outputs are used
@@ -278,8 +278,8 @@ def test_prefill_carry_equals_stepping(model, stepped):
     """start() with a prompt of a non-frame length (133; frames of 64): the state at the frame boundary
     (128) equals stepping the inputs, and the leftover prompt samples are kept as known inputs."""
     prompt = np.random.default_rng(2).integers(0, 256, 133).astype(np.int32)
-    carry = sample.start(model, 2, prompt)
-    assert carry.known.shape == (2, 64) == (2, sample.frame_size(model))
+    carry = sample.start(model, 2, prompt, frame=64)
+    assert carry.known.shape == (2, 64) == (2, sample.frame_size(model, reps=4))
     inputs = np.concatenate([shifted(prompt[None])[0], prompt[-1:]])  # inputs 0..133
     assert int(carry.state.t) == 128 and int(carry.n_known) == 6 and carry.position() == 133
     np.testing.assert_array_equal(np.asarray(carry.known)[:, :6], np.tile(inputs[128:134], (2, 1)))
