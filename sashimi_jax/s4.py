@@ -7,9 +7,11 @@ One equation per function, in the order a sample meets them:
 * :func:`conj_expand` -- the N/2 stored modes plus their complex conjugates (the full N-dim system).
 * :func:`apply_bilinear` / :func:`discrete_b` -- bilinear discretisation, A_bar x and B_bar, in O(N) per channel
   via the Woodbury identity (A = Lambda - P P^* is diagonal plus low rank).
-* :func:`real_transition` -- each channel's A_bar as a real (N, N) matrix acting on [Re x, Im x] (closed form).
-* :func:`ssm_kernel` -- the length-L convolution kernel C A_bar^k B_bar in blocks: matrix powers by doubling and
-  one batched matrix product (:func:`kernel_split`).
+* :func:`real_transition` -- each channel's A_bar as a real (N, N) matrix acting on [Re x, Im x] (closed form:
+  a rotation plus a rank-1 term, :func:`transition_parts`).
+* :func:`ssm_kernel` -- the length-L convolution kernel C A_bar^k B_bar in blocks: the first impulse responses
+  and A_bar^T from the rotation-plus-rank-1 form (:func:`dplr_block`), then one batched matrix product
+  (:func:`kernel_split`).
 * :func:`causal_conv` -- y = K * u (causal, by FFT) + D u.
 * :func:`step_linear` / :func:`step_dense` -- one recurrent step, O(N) Woodbury or a dense (N, N) product per channel.
 
@@ -164,26 +166,39 @@ def to_complex(r: jax.Array) -> jax.Array:
     return jax.lax.complex(r[..., :h], r[..., h:])
 
 
-def real_transition(lam: jax.Array, p: jax.Array, dt: jax.Array) -> jax.Array:
-    """A_bar of every channel as a real matrix on [Re x, Im x], in closed form: a 2x2-block diagonal plus rank 1.
+def transition_parts(lam: jax.Array, p: jax.Array, dt: jax.Array):
+    """A_bar of every channel as a rotation plus a rank-1 term: A_bar = Rot(phi) - kappa u w^T (real coordinates).
 
     Expanding :func:`apply_bilinear` with phi = (1 + dt/2 Lambda) / d and kappa = (dt/2) / (1 + (dt/2) q):
     A_bar x = phi x - kappa (P / d) 2 Re(f^* x) with f = P + P conj(phi). The map is R-linear (not C-linear:
-    the real part couples x and conj(x)), so in real coordinates the first term is the block
-    [[Re phi, -Im phi], [Im phi, Re phi]] of diagonals and the second a real outer product.
+    the real part couples x and conj(x)), so in real coordinates [Re x, Im x] the first term is the block
+    Rot(phi) = [[Re phi, -Im phi], [Im phi, Re phi]] of diagonals and the second a real outer product.
 
-    Args: lam, p complex (n/2,); dt real (H,). Returns float (H, n, n) M with x_next = M[h] @ x.
+    Args: lam, p complex (n/2,); dt real (H,).
+    Returns: phi complex (H, n/2); kappa real (H, 1); u complex (H, n/2), the column P / d in complex form;
+      w real (H, n), the row: 2 Re(f^* x) = w . [Re x, Im x].
     """
     inv_d, q = resolvent_terms(lam, p, dt)
     hdt = 0.5 * dt[:, None]
-    phi = inv_d * (1.0 + hdt * lam)  # (H, n/2)
-    kappa = hdt / (1.0 + hdt * q[:, None])  # (H, 1)
-    u = to_real(inv_d * p)  # (H, n): the column, P / d
-    w = 2.0 * to_real(p + p * jnp.conj(phi))  # (H, n): the row, 2 Re(f^* x) = w . [Re x, Im x]
-    eye = jnp.eye(lam.shape[-1], dtype=u.dtype)
-    re, im = jnp.real(phi)[..., None] * eye, jnp.imag(phi)[..., None] * eye  # (H, n/2, n/2) diagonals
-    rotation = jnp.concatenate([jnp.concatenate([re, -im], -1), jnp.concatenate([im, re], -1)], -2)
-    return rotation - (kappa[..., None] * u[:, :, None]) * w[:, None, :]
+    phi = inv_d * (1.0 + hdt * lam)
+    kappa = hdt / (1.0 + hdt * q[:, None])
+    return phi, kappa, inv_d * p, 2.0 * to_real(p + p * jnp.conj(phi))
+
+
+def rotation(phi: jax.Array) -> jax.Array:
+    """Rot(phi): multiplication by phi as a real matrix on [Re x, Im x]: complex (H, n/2) -> float (H, n, n)."""
+    eye = jnp.eye(phi.shape[-1], dtype=jnp.real(phi).dtype)
+    re, im = jnp.real(phi)[..., None] * eye, jnp.imag(phi)[..., None] * eye
+    return jnp.concatenate([jnp.concatenate([re, -im], -1), jnp.concatenate([im, re], -1)], -2)
+
+
+def real_transition(lam: jax.Array, p: jax.Array, dt: jax.Array) -> jax.Array:
+    """A_bar of every channel as a real matrix on [Re x, Im x]: Rot(phi) - kappa u w^T (:func:`transition_parts`).
+
+    Args: lam, p complex (n/2,); dt real (H,). Returns float (H, n, n) M with x_next = M[h] @ x.
+    """
+    phi, kappa, u, w = transition_parts(lam, p, dt)
+    return rotation(phi) - (kappa[..., None] * to_real(u)[:, :, None]) * w[:, None, :]
 
 
 def readout_real(c: jax.Array) -> jax.Array:
@@ -247,38 +262,110 @@ def impulse_block(a: jax.Array, b: jax.Array, steps: int) -> tuple[jax.Array, ja
     return g, power
 
 
-def kernel_split(length: int, n: int) -> tuple[int, int]:
-    """(T, J) for :func:`ssm_kernel`: T the power of 2 minimising a cost model, J = ceil(L / T).
+def phi_powers(phi: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+    """phi^m for m < T and phi^T, by doubling (T a power of 2): complex (H, k) -> (H, k, T), (H, k)."""
+    pw, base = jnp.ones_like(phi)[..., None], phi
+    while pw.shape[-1] < steps:
+        pw = jnp.concatenate([pw, pw * base[..., None]], axis=-1)
+        base = base * base
+    return pw, base
+
+
+def upper_toeplitz(seq: jax.Array) -> jax.Array:
+    """M[h, i, m] = seq[h, m - i] for i <= m, else 0: float (H, T) -> (H, T, T). x @ M convolves x with seq."""
+    t = seq.shape[-1]
+    lag = np.arange(t)[None, :] - np.arange(t)[:, None]
+    return jnp.where(lag >= 0, seq[:, np.maximum(lag, 0)], 0.0)
+
+
+def series_inverse(f: jax.Array) -> jax.Array:
+    """The first T coefficients of 1 / f(z) for power series f with f_0 = 1, by Newton's iteration g <- 2g - g f g.
+
+    Each iteration doubles the number of correct coefficients (log2 T iterations of (T, T) Toeplitz products).
+    Args: f float (H, T). Returns: float (H, T).
+    """
+    conv = lambda x, y: jnp.matmul(x[:, None, :], upper_toeplitz(y), precision=HIGHEST)[:, 0]  # noqa: E731  (x * y)[:T]
+    g, known = jnp.broadcast_to(jnp.eye(1, f.shape[-1], dtype=f.dtype), f.shape), 1
+    while known < f.shape[-1]:
+        g = 2.0 * g - conv(g, conv(f, g))
+        known *= 2
+    return g
+
+
+def dplr_block(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, steps: int):
+    """G[h, :, m] = A_h^m B_h for m < T and A_h^T, from A = R - kappa u w^T (R = Rot(phi)) with no (n, n, n) product.
+
+    Telescoping, A^m - R^m = -kappa sum_{i<m} A^i u w^T R^(m-1-i), so with v_i = A^i u and the scalars
+    s_j = w^T R^j u, t_j = w^T R^j B (R^j is elementwise: phi^j):
+      v_m = R^m u - kappa sum_{i<m} s_(m-1-i) v_i   =>  v = [R^i u] upper_toeplitz(tau), tau the power series
+          of 1 / (1 + kappa z S(z)) (:func:`series_inverse`; |tau| <= 1 for a stable A);
+      A^m B = R^m B - kappa sum_{i<m} t_(m-1-i) v_i =>  G = [R^i B] - kappa [R^i u] upper_toeplitz(sigma),
+          sigma = t * tau shifted by one;
+      A^T = R^T - kappa sum_{i<T} v_i (R^(T-1-i)^T w)^T.
+    Exact (float64: 1e-15 of the doubling result; float32: closer to float64 than doubling), and T^2 n + n^2 T
+    work per channel instead of log2(T) n^3.
+
+    Args: lam, p complex (n/2,); dt real (H,); bbar complex (H, n/2) (:func:`discrete_b`); steps T = 2^k.
+    Returns: g float (H, n, T); A^T float (H, n, n) (as :func:`impulse_block`).
+    """
+    phi, kappa, u, w = transition_parts(lam, p, dt)
+    pw, phi_t = phi_powers(phi, steps)
+    cols = lambda z: jnp.concatenate([jnp.real(z), jnp.imag(z)], axis=-2)  # noqa: E731  complex (H, k, T) -> (H, n, T)
+    ru, rb = cols(pw * u[..., None]), cols(pw * bbar[..., None])  # R^i u, R^i B
+    s = jnp.einsum("hn,hnt->ht", w, ru, precision=HIGHEST)
+    t = jnp.einsum("hn,hnt->ht", w, rb, precision=HIGHEST)
+    shift = lambda x: jnp.pad(x[:, :-1], ((0, 0), (1, 0)))  # noqa: E731  x_(d-1), 0 at d = 0
+    tau_m = upper_toeplitz(series_inverse(jnp.eye(1, steps, dtype=s.dtype) + kappa * shift(s)))
+    v = jnp.matmul(ru, tau_m, precision=HIGHEST)  # A^i u
+    sigma = shift(jnp.matmul(t[:, None, :], tau_m, precision=HIGHEST)[:, 0])
+    g = rb - kappa[..., None] * jnp.matmul(ru, upper_toeplitz(sigma), precision=HIGHEST)
+    k = phi.shape[-1]
+    w_rows = cols(jnp.conj(pw[..., ::-1]) * jax.lax.complex(w[:, :k], w[:, k:])[..., None])  # (R^T)^(T-1-i) w
+    power = rotation(phi_t) - kappa[..., None] * jnp.matmul(v, jnp.swapaxes(w_rows, -1, -2), precision=HIGHEST)
+    return g, power
+
+
+def kernel_split(length: int, n: int) -> tuple[bool, int, int]:
+    """(rank1, T, J) for :func:`ssm_kernel`: the block method and T (a power of 2) minimising a cost model, J = ceil(L / T).
 
     In units of one row update (a batched (n,) x (n, n) product, bound by reading the H matrices), a
-    length-L kernel costs about (n / 3) log2(T) for the squarings of :func:`impulse_block` (compute-bound
-    (n, n, n) products, forward and backward), L / T for the J row updates, and T for the (n, T) impulse
-    block and the final product. All three scale with H, so T does not depend on it. Fitted on a 2-core
-    CPU for n = 64: T = 16, 64, 128, 256 for L = 1,000, 4,000, 16,000, 131,072 (the 4k and 16k tiers 2x
-    larger than T ~ sqrt(L) / 2 of :func:`block_split`, which was 5-15% slower forward and backward).
+    length-L kernel costs L / T for the J row updates plus, for the first T impulse responses and A^T,
+    either T^2 / (n / 4) for the (T, T) Toeplitz products of :func:`dplr_block` (``rank1``) or
+    (n / 3) log2(T) + T for the (n, n, n) squarings of :func:`impulse_block` (forward and backward). All
+    terms scale with H, so the choice does not depend on it. Fitted on a 2-core CPU for n = 64: rank 1
+    with T = 16 and 32 for L = 1,000 and 4,000 (2x and 1.4x faster than squaring), squaring with T = 128
+    and 256 for L = 16,000 and 131,072 (about even at 16,000, faster at long windows).
     """
-    cost = lambda t: (n / 3.0) * np.log2(t) + length / t + t  # noqa: E731
-    t = min((1 << k for k in range(0, max(1, int(np.log2(max(length, 1)))) + 1)), key=cost)
-    return t, -(-length // t)
+    powers = [1 << k for k in range(0, max(1, int(np.log2(max(length, 1)))) + 1)]
+    rank1 = lambda t: t * t / (n / 4.0) + length / t  # noqa: E731
+    squaring = lambda t: (n / 3.0) * np.log2(t) + length / t + t  # noqa: E731
+    t1, t2 = min(powers, key=rank1), min(powers, key=squaring)
+    use_rank1 = bool(rank1(t1) < squaring(t2))
+    t = t1 if use_rank1 else t2
+    return use_rank1, t, -(-length // t)
 
 
-def ssm_kernel(a: jax.Array, b: jax.Array, c: jax.Array, length: int) -> jax.Array:
-    """The length-L convolution kernel K[h, k] = c_h a_h^k b_h of H independent real systems.
+def ssm_kernel(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, c: jax.Array, length: int) -> jax.Array:
+    """The length-L convolution kernel K[h, k] = c_h A_h^k B_h of a layer's H channels.
 
-    With k = j T + m (:func:`kernel_split`): K[h, jT + m] = (c_h a_h^{jT}) (a_h^m b_h). The T state impulse
-    responses a^m b come by doubling (log2 T squarings of the (n, n) transitions, which also give a^T), the
-    J read-outs c a^{jT} by a scan of J row-times-matrix products, and one batched matrix product of (J, n)
-    by (n, T) per channel gives all L values. Every step is a matrix product: no (H, n, L) tensor and no
-    per-channel Cauchy matrix is formed, and the result is the exact truncated impulse response (no C~
-    correction needed).
+    With k = j T + m (:func:`kernel_split`): K[h, jT + m] = (c_h A_h^{jT}) (A_h^m B_h). The T state impulse
+    responses A^m B and A^T come from the rotation-plus-rank-1 form of A (:func:`dplr_block`) or, for long
+    kernels, by doubling (:func:`impulse_block`, log2 T squarings of the (n, n) transitions); the J
+    read-outs c A^{jT} by a scan of J row-times-matrix products, and one batched matrix product of (J, n)
+    by (n, T) per channel gives all L values. No (H, n, L) tensor and no per-channel Cauchy matrix is
+    formed, and the result is the exact truncated impulse response (no C~ correction needed).
 
     Args:
-      a: float (H, n, n) transitions; b: float (H, n) inputs; c: float (H, n) read-outs; length: L (Python int).
+      lam, p: complex (n/2,) shared; dt: real (H,); bbar: complex (H, n/2) (:func:`discrete_b`);
+      c: float (H, n) read-outs (:func:`readout_real`); length: L (Python int).
     Returns:
       float (H, L).
     """
-    steps, blocks = kernel_split(length, a.shape[-1])
-    g, power = impulse_block(a, b, steps)
+    rank1, steps, blocks = kernel_split(length, c.shape[-1])
+    if rank1:
+        g, power = dplr_block(lam, p, dt, bbar, steps)
+    else:
+        g, power = impulse_block(real_transition(lam, p, dt), to_real(bbar), steps)
 
     def next_row(row, _):  # row (H, n) = c a^{jT} -> c a^{(j+1)T}
         return jnp.einsum("hm,hmn->hn", row, power, precision=HIGHEST), row
@@ -401,8 +488,8 @@ class S4(nnx.Module):
 
     def kernel(self, length: int) -> jax.Array:
         """The length-L convolution kernel, float32 (H, L)."""
-        disc = self.discrete()
-        return ssm_kernel(disc.a, disc.b, disc.c, length)
+        lam, p, b, c, dt = self.ssm()
+        return ssm_kernel(lam, p, dt, discrete_b(lam, p, b, dt), readout_real(c), length)
 
     def __call__(self, u: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
         """Convolution mode: float32 (B, L, H) -> (B, L, H); ``kernel`` (H, L) when computed already."""

@@ -84,9 +84,8 @@ def random_ssm(n, h, seed):
 def our_kernel(lam, p, b, c, dt, length, dtype=None):
     args = [jnp.asarray(z, dtype) if dtype else jnp.asarray(z) for z in (lam, p, b, c)]
     dt = jnp.asarray(dt, jnp.real(args[0]).dtype)
-    a = s4.real_transition(args[0], args[1], dt)
-    bb = s4.to_real(s4.discrete_b(args[0], args[1], args[2], dt))
-    return s4.ssm_kernel(a, bb, s4.readout_real(args[3]), length)
+    bbar = s4.discrete_b(args[0], args[1], args[2], dt)
+    return s4.ssm_kernel(args[0], args[1], dt, bbar, s4.readout_real(args[3]), length)
 
 
 def reference_cauchy_kernel(lam, p, b, c_tilde, dt, length):
@@ -102,8 +101,26 @@ def reference_cauchy_kernel(lam, p, b, c_tilde, dt, length):
     return np.fft.irfft(k_f * 2 / (1 + omega), n=length)
 
 
-@pytest.mark.parametrize("n,length", [(4, 16), (16, 100), (64, 256), (64, 333), (64, 1)])
-def test_kernel_matches_dense_matrix_powers_float64(n, length):
+@pytest.mark.parametrize("n,steps", [(4, 1), (16, 8), (64, 16), (64, 128)])
+def test_dplr_block_equals_matrix_doubling_float64(n, steps):
+    """The rank-1 telescoping of s4.dplr_block gives the same A^m B (m < T) and A^T as repeated squaring."""
+    lam, p, b, _, dt = random_ssm(n, 3, seed=n + steps)
+    with jax.enable_x64(True):
+        lam, p, dt = jnp.asarray(lam), jnp.asarray(p), jnp.asarray(dt)
+        bbar = s4.discrete_b(lam, p, jnp.asarray(b), dt)
+        g, power = s4.dplr_block(lam, p, dt, bbar, steps)
+        g_ref, power_ref = s4.impulse_block(s4.real_transition(lam, p, dt), s4.to_real(bbar), steps)
+    assert g.shape == g_ref.shape == (3, n, steps) and power.shape == (3, n, n)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-12 * float(np.abs(g_ref).max()))
+    np.testing.assert_allclose(np.asarray(power), np.asarray(power_ref), atol=1e-12 * float(np.abs(power_ref).max()))
+
+
+@pytest.mark.parametrize(
+    "n,length,rank1", [(4, 16, False), (16, 100, True), (64, 256, True), (64, 333, True), (64, 1, True), (64, 9000, False)]
+)
+def test_kernel_matches_dense_matrix_powers_float64(n, length, rank1):
+    """Both block methods: the rank-1 one (s4.dplr_block) and squaring (s4.impulse_block), as kernel_split picks."""
+    assert s4.kernel_split(length, n)[0] == rank1
     lam, p, b, c, dt = random_ssm(n, 3, seed=n + length)
     with jax.enable_x64(True):
         k = np.asarray(our_kernel(lam, p, b, c, dt, length))
