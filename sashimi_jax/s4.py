@@ -319,8 +319,7 @@ def dplr_block(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, ste
     v = jnp.matmul(ru, tau_m, precision=HIGHEST)  # A^i u
     sigma = shift(jnp.matmul(t[:, None, :], tau_m, precision=HIGHEST)[:, 0])
     g = rb - kappa[..., None] * jnp.matmul(ru, upper_toeplitz(sigma), precision=HIGHEST)
-    k = phi.shape[-1]
-    w_rows = cols(jnp.conj(pw[..., ::-1]) * jax.lax.complex(w[:, :k], w[:, k:])[..., None])  # (R^T)^(T-1-i) w
+    w_rows = cols(jnp.conj(pw[..., ::-1]) * to_complex(w)[..., None])  # (R^T)^(T-1-i) w
     power = rotation(phi_t) - kappa[..., None] * jnp.matmul(v, jnp.swapaxes(w_rows, -1, -2), precision=HIGHEST)
     return g, power
 
