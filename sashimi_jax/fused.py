@@ -51,14 +51,15 @@ class LayerChunk(NamedTuple):
     Fields (A, B of channel h written A_h, B_h):
       free: (H, F, N) row j = C_h A_h^(j+1): output j's dependence on the state at the chunk start.
       kern: (F, H) kern[m] = C_h A_h^m B_h (+ D_h at m = 0): output j's dependence on input j - m.
-      toeplitz_t: (F, F, H) toeplitz_t[k, j] = kern[j - k] for k <= j, else 0: input k's effect on output j.
+      kern_pad: (2F, H) F rows of zeros, then kern: rows F - k .. 2F - 1 - k are input k's effect on outputs
+        0 .. F - 1 (kern[j - k] for j >= k, else 0), a Toeplitz matrix read as sliding windows.
       a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
       b_pow: (H, F, N) row k = (A_h^(F-1-k) B_h)^T: input k's contribution to the state after the chunk.
     """
 
     free: jax.Array
     kern: jax.Array
-    toeplitz_t: jax.Array
+    kern_pad: jax.Array
     a_pow: jax.Array
     b_pow: jax.Array
 
@@ -113,12 +114,10 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
     free = jnp.swapaxes(s4lib.impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)[:, 1 : steps + 1]  # C A^(j+1)
     a_pow = s4lib.matrix_power(a, steps)
     kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
-    lag = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # [k, j] = j - k
-    toeplitz_t = jnp.where((lag >= 0)[..., None], kern[np.maximum(lag, 0)], 0.0)
     return LayerChunk(
         free=free,
         kern=kern,
-        toeplitz_t=toeplitz_t,
+        kern_pad=jnp.concatenate([jnp.zeros_like(kern), kern], axis=0),
         a_pow=jnp.swapaxes(a_pow, -1, -2),
         b_pow=jnp.swapaxes(impulse[::-1], 0, 1),
     )
@@ -296,13 +295,13 @@ def frame_step(
         """Tier i's (S4, FF) pairs at step k of its chunk: (B, H_i) -> (B, H_i).
 
         acc[l] (F_i, B, H): the chunk's S4 outputs as known so far (free response plus the inputs seen);
-        input u_k adds toeplitz_t[k] u_k to every output at once (an axpy, no reduction).
+        input u_k adds kern[j - k] u_k to every output j at once (an axpy with a window of kern_pad, no reduction).
         """
         tier, new_hist, new_acc = tiers[i], [], []
         for l, blk in enumerate(tier.s4_blocks):
             u = layer_norm(blk.norm, x)
             new_hist.append(jax.lax.dynamic_update_index_in_dim(hist[l], u, k, axis=0))
-            col = jax.lax.dynamic_index_in_dim(fcache.tiers[i][l].toeplitz_t, k, keepdims=False)  # (F_i, H)
+            col = jax.lax.dynamic_slice_in_dim(fcache.tiers[i][l].kern_pad, steps[i] - k, steps[i])  # (F_i, H)
             a = acc[l] + col[:, None, :] * u[None]
             new_acc.append(a)
             x = x + s4_mix(blk, jax.lax.dynamic_index_in_dim(a, k, keepdims=False))
