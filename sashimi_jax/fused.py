@@ -21,6 +21,17 @@ costs an (F, B, H) multiply-add into the frame's output accumulator instead of a
 per sample. The result equals stepping to float32 rounding (tests/test_sample.py compares logits, states
 and greedy tokens).
 
+Pipelined (``frame_step(..., pipeline=axis)`` under ``shard_map`` on two devices, for a batch they cannot
+split, e.g. one stream on two CPU cores): the chunk-boundary products are half the time of a frame at batch
+1, so they move to the second device, one chunk behind the first. Device 0 runs the samples with (2F, B, H)
+accumulators: input k also adds K_(F+j-k) u_k to the next chunk's output j, which makes
+
+    C A^(j+1) x_F = [C A^(j+1+F)] x_0 + sum_k K_(F+j-k) u_k     (free_next, then the kernel terms);
+
+device 1 holds the states: during chunk c it applies chunk c-1's inputs to its state (x_c) and computes
+free_next x_c, which is all device 0 lacks of chunk c+1's free response. One sum over the two devices per
+chunk boundary swaps device 0's inputs for device 1's products (:class:`Pipe`, :func:`frame_step`).
+
 Other differences from ``step`` (same math, cheaper on XLA's CPU backend):
 * the S4 states are kept channel-major, (H, B, N), inside the frame loop (:class:`FrameState`), so the
   per-channel products need no transposes of the state; :func:`to_frame_state` / :func:`from_frame_state`
@@ -50,14 +61,17 @@ class LayerChunk(NamedTuple):
 
     Fields (A, B of channel h written A_h, B_h):
       free: (H, F, N) row j = C_h A_h^(j+1): output j's dependence on the state at the chunk start.
+      free_next: (H, F, N) row j = C_h A_h^(j+1+F): the next chunk's output j, same dependence.
       kern: (F, H) kern[m] = C_h A_h^m B_h (+ D_h at m = 0): output j's dependence on input j - m.
-      kern_pad: (2F, H) F rows of zeros, then kern: rows F - k .. 2F - 1 - k are input k's effect on outputs
-        0 .. F - 1 (kern[j - k] for j >= k, else 0), a Toeplitz matrix read as sliding windows.
+      kern_pad: (3F, H) F rows of zeros, then kern[m] for m < 2F: rows F - k .. F - k + R - 1 are input k's
+        effect on outputs 0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next
+        chunk), a Toeplitz matrix read as sliding windows.
       a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
       b_pow: (H, F, N) row k = (A_h^(F-1-k) B_h)^T: input k's contribution to the state after the chunk.
     """
 
     free: jax.Array
+    free_next: jax.Array
     kern: jax.Array
     kern_pad: jax.Array
     a_pow: jax.Array
@@ -109,15 +123,17 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
       steps: F >= 1, a Python int.
     """
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
-    size = 1 << int(np.ceil(np.log2(steps + 1)))  # impulse_block doubles up to a power of 2
-    impulse = jnp.moveaxis(s4lib.impulse_block(a, b, size)[0][..., :steps], -1, 0)  # (F, H, N): A^m B
-    free = jnp.swapaxes(s4lib.impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)[:, 1 : steps + 1]  # C A^(j+1)
+    size = 1 << int(np.ceil(np.log2(2 * steps + 1)))  # impulse_block doubles up to a power of 2
+    impulse = jnp.moveaxis(s4lib.impulse_block(a, b, size)[0][..., : 2 * steps], -1, 0)  # (2F, H, N): A^m B
+    rows = jnp.swapaxes(s4lib.impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)  # (H, size, N): C A^m
     a_pow = s4lib.matrix_power(a, steps)
-    kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)
+    kern2 = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F, H)
+    impulse = impulse[:steps]
     return LayerChunk(
-        free=free,
-        kern=kern,
-        kern_pad=jnp.concatenate([jnp.zeros_like(kern), kern], axis=0),
+        free=rows[:, 1 : steps + 1],
+        free_next=rows[:, steps + 1 : 2 * steps + 1],
+        kern=kern2[:steps],
+        kern_pad=jnp.concatenate([jnp.zeros_like(kern2[:steps]), kern2], axis=0),
         a_pow=jnp.swapaxes(a_pow, -1, -2),
         b_pow=jnp.swapaxes(impulse[::-1], 0, 1),
     )
@@ -201,9 +217,13 @@ def feed_forward(ff, x: jax.Array) -> jax.Array:
     return x + linear(ff.out, gelu(linear(ff.inp, layer_norm(ff.norm, x))))
 
 
-def free_response(chunk: LayerChunk, x: jax.Array) -> jax.Array:
-    """Outputs' dependence on the chunk-start state: x (H, B, N) -> (F, B, H), [j, b, h] = C_h A^(j+1) x_bh."""
-    y = jax.lax.dot_general(chunk.free, x, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (H, F, B)
+def free_response(chunk: LayerChunk, x: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    """Outputs' dependence on the chunk-start state: x (H, B, N) -> (F, B, H), [j, b, h] = C_h A^(j+1) x_bh.
+
+    ``rows`` (H, F, N) replaces ``chunk.free``: ``chunk.free_next`` gives the next chunk's dependence on x.
+    """
+    rows = chunk.free if rows is None else rows
+    y = jax.lax.dot_general(rows, x, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (H, F, B)
     return jnp.transpose(y, (1, 2, 0))
 
 
@@ -219,6 +239,40 @@ def advance(chunk: LayerChunk, x: jax.Array, inputs) -> jax.Array:
     return x + delta
 
 
+# ------------------------------------------------------------------------ the pipelined frame
+
+
+class Pipe(NamedTuple):
+    """What the pipelined frame carries from one frame to the next (see :func:`frame_step`'s ``pipeline``).
+
+    Per tier, per S4 block: acc0 (F_i, B, H) the free response of the tier's next chunk (used by the leading
+    device); u_prev (F_i, B, H) the inputs of the tier's last chunk, not yet applied to its state (by the
+    trailing device). pending: per tier, bool (): whether u_prev holds a chunk's inputs.
+    """
+
+    acc0: tuple
+    u_prev: tuple
+    pending: tuple
+
+
+def pipe_start(fcache: FrameCache, state: FrameState) -> Pipe:
+    """The pipeline at a frame boundary where ``state`` is exact: every tier's first free response, nothing pending."""
+    acc0 = tuple(tuple(free_response(ch, x) for ch, x in zip(tier, xs)) for tier, xs in zip(fcache.tiers, state.ssm))
+    u_prev = tuple(tuple(jnp.zeros_like(a) for a in tier) for tier in acc0)
+    return Pipe(acc0, u_prev, tuple(jnp.bool_(False) for _ in acc0))
+
+
+def apply_pending(fcache: FrameCache, ssm: tuple, pipe: Pipe, tiers=None) -> tuple:
+    """The trailing device's states with each listed tier's pending inputs applied (all tiers by default)."""
+    ssm = list(ssm)
+    for i in range(len(ssm)) if tiers is None else tiers:
+        ssm[i] = tuple(
+            jax.lax.cond(pipe.pending[i], lambda x, u, ch=ch: advance(ch, x, u), lambda x, u: x, x, u)
+            for ch, x, u in zip(fcache.tiers[i], ssm[i], pipe.u_prev[i])
+        )
+    return tuple(ssm)
+
+
 # --------------------------------------------------------------------------------- the frame
 
 Choose = Callable[[jax.Array, jax.Array], jax.Array]
@@ -231,8 +285,10 @@ class _Carry(NamedTuple):
     up: per level i, (B, p_i, H_i) the pending UpPool outputs. slots: per level i, (p_i, B, H_i) tier i's
     inputs of its current group (the DownPool's input). hist: per tier, per S4 block, (F_tier, B, H) the
     S4 inputs of this frame (rows not reached yet are zero). acc: likewise, the S4 outputs of the frame
-    accumulated so far (exact for the steps reached). ssm: the S4 states (H, B, N) as of the current chunk
-    starts. logits: (F, B, C) kept for tests, or None.
+    accumulated so far (exact for the steps reached; pipelined, 2 F_tier rows, the next chunk's below).
+    ssm: the S4 states (H, B, N) as of the current chunk starts (pipelined: device 1's, see :class:`Pipe`).
+    logits: (F, B, C) kept for tests, or None. Pipelined only: pipe, the :class:`Pipe`; sent, per tier, per
+    S4 block, (F_tier, B, H) device 1's free_next product awaiting the next exchange.
     """
 
     token: jax.Array
@@ -243,6 +299,8 @@ class _Carry(NamedTuple):
     acc: tuple
     ssm: tuple
     logits: jax.Array | None = None
+    pipe: Pipe | None = None
+    sent: tuple | None = None
 
 
 def frame_step(
@@ -253,6 +311,8 @@ def frame_step(
     choose: Choose,
     reps: int = 1,
     return_logits: bool = False,
+    pipeline: str | None = None,
+    pipe: Pipe | None = None,
 ):
     """Consume one frame: F = reps x model.frame samples per stream, each fed back through ``choose``.
 
@@ -266,7 +326,8 @@ def frame_step(
     tier i-1's UpPool buffer for the next p_{i-1} steps -- the order ``model.step`` gives the same data.
     The outermost loops run the ``reps`` centre steps in groups of :func:`top_group`; tiers chunked per
     group (the top tier, see :func:`chunk_steps`) read and update their S4 states around each group, the
-    others once per frame.
+    others once per frame. Pipelined (see the module docstring), device 0 runs the groups' steps while
+    device 1 does the inner tiers' state work of the same group and one outer (tier, S4 block) per group.
 
     Args:
       model: the network (inference: dropout is not applied).
@@ -276,8 +337,12 @@ def frame_step(
       choose: ``choose(j, logits (B, n_classes)) -> int32 (B,)``, j an int32 scalar (traced).
       reps: centre steps per frame (a Python int).
       return_logits: also return every sample's logits (tests).
+      pipeline: None, or the name of a 2-device mesh axis (inside ``shard_map``, every input replicated).
+      pipe: pipelined only, the :class:`Pipe` from :func:`pipe_start` or from the previous frame.
     Returns:
-      outputs int32 (F, B) and the state after the frame [and logits float32 (F, B, n_classes)].
+      outputs int32 (F, B) and the state after the frame [and logits float32 (F, B, n_classes)] [and the
+      Pipe]. Pipelined, only device 0's outputs, pooling buffers and logits are meaningful, and the S4
+      states are device 1's, one chunk behind: :func:`apply_pending` finishes them.
     """
     pools, depth = model.pools, len(model.pools)
     f = model.frame * reps
@@ -286,22 +351,30 @@ def frame_step(
     steps = chunk_steps(model, reps)
     group = top_group(reps) if depth else reps
     inner = [i for i in range(depth + 1) if steps[i] == per_centre[i] * group and group < reps]  # chunked per group
+    outer = [i for i in range(depth + 1) if i not in inner]  # chunked per frame
+    rows = [2 * n if pipeline else n for n in steps]  # accumulator rows: this chunk [and the next]
+    # pipelined: the outer tiers' state work, one (tier, S4 block) at a time, spread over the frame's groups
+    tasks = [(i, l) for i in outer for l in range(len(fcache.tiers[i]))]
+    spread = [tasks[q :: reps // group] for q in range(reps // group)] if tasks else []
     for i in range(depth + 1):
         for ch in fcache.tiers[i]:
             if ch.kern.shape[0] != steps[i]:
                 raise ValueError(f"frame cache built for other frames (tier {i}: {ch.kern.shape[0]} != {steps[i]}).")
+    if (pipeline is None) != (pipe is None):
+        raise ValueError("frame_step: pass both pipeline (a mesh axis name) and pipe, or neither.")
 
     def layers(i: int, k: jax.Array, x: jax.Array, hist: tuple, acc: tuple) -> tuple[jax.Array, tuple, tuple]:
         """Tier i's (S4, FF) pairs at step k of its chunk: (B, H_i) -> (B, H_i).
 
-        acc[l] (F_i, B, H): the chunk's S4 outputs as known so far (free response plus the inputs seen);
-        input u_k adds kern[j - k] u_k to every output j at once (an axpy with a window of kern_pad, no reduction).
+        acc[l] (R_i, B, H): the chunk's S4 outputs as known so far (free response plus the inputs seen), and
+        when pipelined the next chunk's input part; input u_k adds kern[j - k] u_k to every output j at once
+        (an axpy with a window of kern_pad, no reduction).
         """
         tier, new_hist, new_acc = tiers[i], [], []
         for l, blk in enumerate(tier.s4_blocks):
             u = layer_norm(blk.norm, x)
             new_hist.append(jax.lax.dynamic_update_index_in_dim(hist[l], u, k, axis=0))
-            col = jax.lax.dynamic_slice_in_dim(fcache.tiers[i][l].kern_pad, steps[i] - k, steps[i])  # (F_i, H)
+            col = jax.lax.dynamic_slice_in_dim(fcache.tiers[i][l].kern_pad, steps[i] - k, rows[i])  # (R_i, H)
             a = acc[l] + col[:, None, :] * u[None]
             new_acc.append(a)
             x = x + s4_mix(blk, jax.lax.dynamic_index_in_dim(a, k, keepdims=False))
@@ -338,21 +411,66 @@ def frame_step(
         return c._replace(token=token, out=out, up=tuple(up), slots=tuple(slots), hist=tuple(hist), acc=tuple(acc),
                           logits=kept)
 
+    def trail(c: _Carry, tasks: list[tuple[int, int]]) -> _Carry:
+        """The trailing device's part of the listed (tier, S4 block) chunks: catch the state up with the
+        previous chunk's inputs, then the next chunk's dependence on the state at this chunk's start."""
+        ssm, sent = [list(t) for t in c.ssm], [list(t) for t in c.sent]
+        for i, l in tasks:
+            ch = fcache.tiers[i][l]
+            x = jax.lax.cond(c.pipe.pending[i], lambda x, u: advance(ch, x, u), lambda x, u: x, ssm[i][l],
+                             c.pipe.u_prev[i][l])
+            ssm[i][l], sent[i][l] = x, free_response(ch, x, ch.free_next)
+        return c._replace(ssm=tuple(map(tuple, ssm)), sent=tuple(map(tuple, sent)))
+
+    def exchange(c: _Carry, listed: list[int]) -> _Carry:
+        """End of the listed tiers' chunks: the leading device's inputs go to the trailing one, its ``sent``
+        comes back and completes the next chunk's free response (one sum over the pipeline axis)."""
+        lead = jax.lax.axis_index(pipeline) == 0
+        mine = tuple(
+            (tuple(jnp.where(lead, h, 0.0) for h in c.hist[i]), tuple(jnp.where(lead, 0.0, q) for q in c.sent[i]))
+            for i in listed
+        )
+        both = jax.lax.psum(mine, pipeline)
+        acc, u_prev, pending = list(c.acc), list(c.pipe.u_prev), list(c.pipe.pending)
+        for (inputs, sent), i in zip(both, listed):
+            n = steps[i]
+            acc[i] = tuple(jnp.concatenate([a[n:] + q, jnp.zeros_like(q)], axis=0) for a, q in zip(c.acc[i], sent))
+            u_prev[i], pending[i] = inputs, jnp.bool_(True)
+        return c._replace(acc=tuple(acc), pipe=c.pipe._replace(u_prev=tuple(u_prev), pending=tuple(pending)))
+
     def group_step(g: jax.Array, c: _Carry) -> _Carry:
-        """Centre steps g * group .. g * group + group - 1; the inner tiers' chunks start and end around them."""
-        hist, acc, ssm = list(c.hist), list(c.acc), list(c.ssm)
+        """Centre steps g * group .. g * group + group - 1; the inner tiers' chunks start and end around them.
+
+        Pipelined, the leading device runs the steps while the trailing one does the S4 state work: the
+        inner tiers' every group, the outer tiers' in the first group of the frame.
+        """
+        hist, acc = list(c.hist), list(c.acc)
         for i in inner:
-            acc[i] = tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], ssm[i]))
+            if pipeline is None:
+                acc[i] = tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], c.ssm[i]))
             hist[i] = tuple(jnp.zeros_like(h) for h in hist[i])
         c = c._replace(hist=tuple(hist), acc=tuple(acc))
-        if group == 1:
-            c = run_tier(depth, g, c)
-        else:
-            c = jax.lax.fori_loop(0, group, lambda q, cc: run_tier(depth, g * group + q, cc), c)
-        ssm = list(c.ssm)
-        for i in inner:
-            ssm[i] = tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], ssm[i], c.hist[i]))
-        return c._replace(ssm=tuple(ssm))
+
+        def lead(c: _Carry) -> _Carry:
+            if group == 1:
+                return run_tier(depth, g, c)
+            return jax.lax.fori_loop(0, group, lambda q, cc: run_tier(depth, g * group + q, cc), c)
+
+        if pipeline is None:
+            c = lead(c)
+            ssm = list(c.ssm)
+            for i in inner:
+                ssm[i] = tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], ssm[i], c.hist[i]))
+            return c._replace(ssm=tuple(ssm))
+
+        def trailing(c: _Carry) -> _Carry:
+            c = trail(c, [(i, l) for i in inner for l in range(len(fcache.tiers[i]))])
+            if not spread:
+                return c
+            return jax.lax.switch(g, [lambda cc, ts=ts: trail(cc, ts) for ts in spread], c)
+
+        c = jax.lax.cond(jax.lax.axis_index(pipeline) == 0, lead, trailing, c)
+        return exchange(c, inner) if inner else c
 
     b = token.shape[0]
     carry = _Carry(
@@ -365,40 +483,53 @@ def frame_step(
         ),
         acc=tuple(
             tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i])
-            if i in inner
+            if i in inner and pipeline is None
             else tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], state.ssm[i]))
+            if pipeline is None
+            else tuple(jnp.concatenate([a, jnp.zeros_like(a)], axis=0) for a in pipe.acc0[i])
             for i in range(depth + 1)
         ),
         ssm=tuple(state.ssm),
         logits=jnp.zeros((f, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None,
+        pipe=pipe,
+        sent=None if pipe is None else tuple(tuple(jnp.zeros_like(a) for a in tier) for tier in pipe.acc0),
     )
     if reps == group:
         carry = group_step(jnp.int32(0), carry)
     else:
         carry = jax.lax.fori_loop(0, reps // group, group_step, carry)
-    ssm = tuple(
-        carry.ssm[i]
-        if i in inner
-        else tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], carry.ssm[i], carry.hist[i]))
-        for i in range(depth + 1)
-    )
+    if pipeline is None:
+        ssm = tuple(
+            carry.ssm[i]
+            if i in inner
+            else tuple(advance(ch, x, h) for ch, x, h in zip(fcache.tiers[i], carry.ssm[i], carry.hist[i]))
+            for i in range(depth + 1)
+        )
+    else:
+        carry = exchange(carry, outer) if outer else carry
+        ssm = carry.ssm  # the trailing device's, one chunk behind: see Pipe
+        pipe = carry.pipe._replace(acc0=tuple(tuple(a[: steps[i]] for a in carry.acc[i]) for i in range(depth + 1)))
     new = FrameState(
         t=state.t + f,
         down=tuple(jnp.swapaxes(s_, 0, 1) for s_ in carry.slots),
         up=carry.up,
         ssm=ssm,
     )
-    return (carry.out, new, carry.logits) if return_logits else (carry.out, new)
+    result = (carry.out, new, carry.logits) if return_logits else (carry.out, new)
+    return result if pipeline is None else (*result, pipe)
 
 
 __all__ = [
     "FrameCache",
     "FrameState",
     "LayerChunk",
+    "Pipe",
+    "apply_pending",
     "chunk_of",
     "chunk_steps",
     "frame_cache",
     "frame_step",
     "from_frame_state",
+    "pipe_start",
     "to_frame_state",
 ]

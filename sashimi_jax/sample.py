@@ -293,9 +293,10 @@ def start(model: SaShiMi, num_samples: int, prompt=None, frame: int | None = Non
 # ---------------------------------------------------------------------------------- the loop
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "reps", "shards"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "reps", "shards", "pipeline"))
 def run_frames(
-    graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames, reps, shards=1
+    graphdef, params, fcache, state, known, n_known, n_frames, key, *, sampling, max_frames, reps, shards=1,
+    pipeline=None,
 ):
     """Generate ``n_frames`` (<= max_frames, traced) whole frames from a frame boundary, in one fori_loop.
 
@@ -309,6 +310,9 @@ def run_frames(
       shards: 1, or the size of the "data" mesh axis when this runs under ``shard_map`` on one slice of
         the batch (streams b_0 .. b_0 + B - 1 of B x shards): the uniforms are those of the whole batch,
         so the result does not depend on how the batch is split.
+      pipeline: None, or the name of a 2-device mesh axis when this runs under ``shard_map`` on the whole
+        batch: device 0 runs the samples, device 1 the S4 state work one chunk behind (see
+        :func:`sashimi_jax.fused.frame_step`); both return the same outputs and state.
     Returns:
       outputs int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
       the state after the frames.
@@ -323,7 +327,7 @@ def run_frames(
         u_all = u_all.reshape(max_frames, f, b)
 
     def body(i, carry):
-        fstate, token, out = carry
+        fstate, token, out = carry[:3]
         u = jax.lax.dynamic_index_in_dim(u_all, i, keepdims=False) if temp > 0 else None
 
         def choose(j, logits):  # j: the sample's index in the frame (traced)
@@ -332,12 +336,29 @@ def run_frames(
             forced = jax.lax.dynamic_index_in_dim(known, jnp.minimum(j + 1, f - 1), axis=1, keepdims=False)
             return jnp.where((i == 0) & (j + 1 < n_known), forced, drawn)
 
-        toks, fstate = fused.frame_step(model, fcache, fstate, token, choose, reps=reps)
+        if pipeline is None:
+            toks, fstate = fused.frame_step(model, fcache, fstate, token, choose, reps=reps)
+        else:
+            toks, fstate, pipe = fused.frame_step(model, fcache, fstate, token, choose, reps=reps,
+                                                  pipeline=pipeline, pipe=carry[3])
         out = jax.lax.dynamic_update_index_in_dim(out, toks, i, axis=0)
-        return fstate, toks[-1], out
+        return (fstate, toks[-1], out) if pipeline is None else (fstate, toks[-1], out, pipe)
 
     out = jnp.zeros((max_frames, f, b), jnp.int32)
-    fstate, _, out = jax.lax.fori_loop(0, n_frames, body, (fused.to_frame_state(state), known[:, 0], out))
+    fstate = fused.to_frame_state(state)
+    carry = (fstate, known[:, 0], out)
+    if pipeline is not None:
+        carry = (*carry, fused.pipe_start(fcache, fstate))
+    carry = jax.lax.fori_loop(0, n_frames, body, carry)
+    fstate, out = carry[0], carry[2]
+    if pipeline is not None:  # device 0 holds the outputs and pooling buffers, device 1 the S4 states
+        lead = jax.lax.axis_index(pipeline) == 0
+        only = lambda tree, keep: jax.tree.map(lambda x: jnp.where(keep, x, jnp.zeros_like(x)), tree)  # noqa: E731
+        ssm = fused.apply_pending(fcache, fstate.ssm, carry[3])
+        out, down, up, ssm = jax.lax.psum(
+            (*only((out, fstate.down, fstate.up), lead), only(ssm, ~lead)), pipeline
+        )
+        fstate = fstate._replace(down=down, up=up, ssm=ssm)
     return out.reshape(max_frames * f, b), fused.from_frame_state(fstate)
 
 
@@ -355,7 +376,9 @@ class Generator:
     ``devices``: the devices a batch is split over (default: every local device of the parameters' platform;
     on a CPU, ``sashimi_jax.cli.cpu_devices`` makes one device per core). A batch of B streams runs on the
     largest number of them that divides B, each device looping over its own streams with no communication
-    (``shard_map``); the samples do not depend on the split.
+    (``shard_map``); the samples do not depend on the split. ``pipeline``: a batch that no device count
+    divides (one stream, say) runs on two devices, the second doing the S4 state work one chunk behind
+    (``fused.Pipe``); equal to one device to float32 rounding. Default: on CPU devices (measured there).
     """
 
     def __init__(
@@ -365,6 +388,7 @@ class Generator:
         chunk: int = 16000,
         reps: int = DEFAULT_REPS,
         devices: list | None = None,
+        pipeline: bool | None = None,
     ):
         self.model = model
         self.sampling = check_sampling(*(sampling or Sampling()))
@@ -377,6 +401,7 @@ class Generator:
             first = min(leaf.devices(), key=lambda d: d.id) if hasattr(leaf, "devices") else jax.devices()[0]
             devices = [first, *(d for d in jax.local_devices(backend=first.platform) if d != first)]
         self.devices = list(devices)
+        self.pipeline = self.devices[0].platform == "cpu" if pipeline is None else bool(pipeline)
         # plain single-device arrays for one device (restored params may sit on a training mesh)
         self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
@@ -387,12 +412,17 @@ class Generator:
         """What runs a batch of ``batch`` streams: ``(fn, constants, place)``.
 
         ``fn(*constants, *place((state, known, n_known, n_frames, key)))`` is :func:`run_frames` (jitted,
-        the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``.
+        the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``,
+        or pipelined over two of them when that number is 1 (see :attr:`pipeline`).
         """
         n = max(d for d in range(1, len(self.devices) + 1) if batch % d == 0)
+        if n == 1 and len(self.devices) > 1 and self.pipeline:
+            n = "pipeline"
         if n not in self._programs:
             static = dict(sampling=self.sampling, max_frames=self.max_frames, reps=self.reps)
-            if n == 1:
+            if n == "pipeline":
+                self._programs[n] = self._pipelined(static)
+            elif n == 1:
                 fn = jax.jit(functools.partial(run_frames, self.graphdef, **static))
                 self._programs[1] = (fn, (self.params, self.fcache), lambda args: jax.device_put(args, self.sharding))
             else:
@@ -417,6 +447,15 @@ class Generator:
                 consts = jax.device_put((self.params, self.fcache), rep)
                 self._programs[n] = (fn, consts, lambda args: jax.device_put(args, shardings(args)))
         return self._programs[n]
+
+    def _pipelined(self, static: dict):
+        """:func:`run_frames` on the first two devices, the S4 state work on the second (``fused.Pipe``)."""
+        mesh = jax.sharding.Mesh(np.array(self.devices[:2]), ("pipe",))
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        local = functools.partial(run_frames, self.graphdef, **static, pipeline="pipe")
+        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=jax.sharding.PartitionSpec(),
+                                   out_specs=jax.sharding.PartitionSpec(), check_vma=False))
+        return fn, jax.device_put((self.params, self.fcache), rep), lambda args: jax.device_put(args, rep)
 
     def _run(self, state, known, n_known, n_frames, key):
         fn, consts, place = self.program(known.shape[0])

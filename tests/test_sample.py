@@ -322,28 +322,34 @@ model = SaShiMi(load_config(sys.argv[1], sys.argv[2:]).model, rngs=nnx.Rngs(1))
 model.head.kernel[...] = model.head.kernel[...] * 8.0  # as the model fixture: no near-ties for greedy
 prompt = np.random.default_rng(0).integers(0, 256, 100)
 results = {}
-for temp in (0.0, 0.9):
+cases = [(temp, 4, sample.DEFAULT_REPS) for temp in (0.0, 0.9)]  # batch split over the devices
+cases += [(temp, 3, sample.DEFAULT_REPS) for temp in (0.0, 0.9)] + [(0.0, 1, 4)]  # pipelined on two devices
+for temp, batch, reps in cases:
     for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
-        gen = sample.Generator(model, sample.check_sampling(temp, 0.9, 0), chunk=1024, devices=devices)
-        carry = sample.start(model, 4, prompt, frame=gen.frame)
+        gen = sample.Generator(model, sample.check_sampling(temp, 0.9, 0), chunk=1024, devices=devices, reps=reps)
+        carry = sample.start(model, batch, prompt, frame=gen.frame)
         chunks = []
         for toks, carry in gen.stream(carry, 2500, seed=3):
             chunks.append(toks)
-        placed = gen.program(4)[2]((carry.known,))[0]
-        results[f"{name}_{temp}"] = {
+        placed = gen.program(batch)[2]((carry.known,))[0]
+        results[f"{name}_{temp}_{batch}_{reps}"] = {
             "tokens": np.concatenate(chunks, axis=1).tolist(),
             "state": [np.asarray(x).tolist() for x in jax.tree.leaves(carry.state)],
             "devices": len(placed.devices()),
+            "programs": [str(k) for k in gen._programs],
         }
 print(json.dumps(results))
 """
 
 
 def test_splitting_the_batch_over_devices_changes_nothing():
-    """Two CPU devices, each looping over half the streams (shard_map), generate what one device does.
+    """Two CPU devices generate what one device does: each looping over half the streams (shard_map), and,
+    for batches they cannot split (3, 1), pipelined (the second device doing the S4 state work one chunk
+    behind, ``fused.Pipe``), at the default frames and at frames of one group (reps 4, no inner tier).
 
     Greedy: the same tokens and state over 2,500 samples. Sampled: the same uniforms reach the same streams,
-    so the samples agree too -- up to float32 rounding (different matrix shapes), which can flip a token
+    so the samples agree too -- up to float32 rounding (different matrix shapes, and the pipeline's next-chunk
+    free response C A^(j+1+F) x + kernel terms instead of C A^(j+1) (A^F x + ...)), which can flip a token
     whose uniform lands within rounding of a CDF boundary and let the stream wander off after it; the first
     256 samples of every stream are compared (a wrong split of the uniforms would differ at once).
     """
@@ -354,16 +360,22 @@ def test_splitting_the_batch_over_devices_changes_nothing():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    one, two = res["one_0.0"], res["two_0.0"]
-    assert (one["devices"], two["devices"]) == (1, 2)
-    assert np.asarray(one["tokens"]).shape == (4, 2500)
-    np.testing.assert_array_equal(one["tokens"], two["tokens"])
-    for a, b in zip(one["state"], two["state"]):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
-    sampled_one, sampled_two = np.asarray(res["one_0.9"]["tokens"]), np.asarray(res["two_0.9"]["tokens"])
-    np.testing.assert_array_equal(sampled_one[:, :256], sampled_two[:, :256])
-    assert len(set(sampled_two[:, :256].ravel().tolist())) > 20  # really sampled
-    assert (sampled_two[:, :256] != np.asarray(two["tokens"])[:, :256]).mean() > 0.5  # not the greedy path
+    reps = sample.DEFAULT_REPS
+    for batch, reps_ in ((4, reps), (3, reps), (1, 4)):
+        one, two = res[f"one_0.0_{batch}_{reps_}"], res[f"two_0.0_{batch}_{reps_}"]
+        assert one["programs"] == ["1"] and two["programs"] == (["2"] if batch == 4 else ["pipeline"])
+        assert (one["devices"], two["devices"]) == (1, 2)
+        assert np.asarray(one["tokens"]).shape == (batch, 2500)
+        np.testing.assert_array_equal(one["tokens"], two["tokens"])
+        for a, b in zip(one["state"], two["state"]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    for batch in (4, 3):
+        sampled_one = np.asarray(res[f"one_0.9_{batch}_{reps}"]["tokens"])
+        sampled_two = np.asarray(res[f"two_0.9_{batch}_{reps}"]["tokens"])
+        np.testing.assert_array_equal(sampled_one[:, :256], sampled_two[:, :256])
+        assert len(set(sampled_two[:, :256].ravel().tolist())) > 20  # really sampled
+        greedy = np.asarray(res[f"two_0.0_{batch}_{reps}"]["tokens"])
+        assert (sampled_two[:, :256] != greedy[:, :256]).mean() > 0.5  # not the greedy path
 
 
 # --------------------------------------------------------------------------------------- the CLI
