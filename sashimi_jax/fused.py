@@ -262,15 +262,17 @@ def pipe_start(fcache: FrameCache, state: FrameState) -> Pipe:
     return Pipe(acc0, u_prev, tuple(jnp.bool_(False) for _ in acc0))
 
 
-def apply_pending(fcache: FrameCache, ssm: tuple, pipe: Pipe, tiers=None) -> tuple:
-    """The trailing device's states with each listed tier's pending inputs applied (all tiers by default)."""
-    ssm = list(ssm)
-    for i in range(len(ssm)) if tiers is None else tiers:
-        ssm[i] = tuple(
-            jax.lax.cond(pipe.pending[i], lambda x, u, ch=ch: advance(ch, x, u), lambda x, u: x, x, u)
-            for ch, x, u in zip(fcache.tiers[i], ssm[i], pipe.u_prev[i])
-        )
-    return tuple(ssm)
+def catch_up(chunk: LayerChunk, x: jax.Array, u_prev: jax.Array, pending: jax.Array) -> jax.Array:
+    """The trailing device's state x (H, B, N), advanced over the previous chunk's inputs u_prev if pending."""
+    return jax.lax.cond(pending, lambda x, u: advance(chunk, x, u), lambda x, u: x, x, u_prev)
+
+
+def apply_pending(fcache: FrameCache, ssm: tuple, pipe: Pipe) -> tuple:
+    """The trailing device's states (per tier, per S4 block) with every pending chunk's inputs applied."""
+    return tuple(
+        tuple(catch_up(ch, x, u, pipe.pending[i]) for ch, x, u in zip(fcache.tiers[i], ssm[i], pipe.u_prev[i]))
+        for i in range(len(ssm))
+    )
 
 
 # --------------------------------------------------------------------------------- the frame
@@ -327,7 +329,7 @@ def frame_step(
     The outermost loops run the ``reps`` centre steps in groups of :func:`top_group`; tiers chunked per
     group (the top tier, see :func:`chunk_steps`) read and update their S4 states around each group, the
     others once per frame. Pipelined (see the module docstring), device 0 runs the groups' steps while
-    device 1 does the inner tiers' state work of the same group and one outer (tier, S4 block) per group.
+    device 1 does the inner tiers' state work of the same group and a share of the outer tiers'.
 
     Args:
       model: the network (inference: dropout is not applied).
@@ -417,8 +419,7 @@ def frame_step(
         ssm, sent = [list(t) for t in c.ssm], [list(t) for t in c.sent]
         for i, l in tasks:
             ch = fcache.tiers[i][l]
-            x = jax.lax.cond(c.pipe.pending[i], lambda x, u: advance(ch, x, u), lambda x, u: x, ssm[i][l],
-                             c.pipe.u_prev[i][l])
+            x = catch_up(ch, ssm[i][l], c.pipe.u_prev[i][l], c.pipe.pending[i])
             ssm[i][l], sent[i][l] = x, free_response(ch, x, ch.free_next)
         return c._replace(ssm=tuple(map(tuple, ssm)), sent=tuple(map(tuple, sent)))
 
@@ -442,7 +443,7 @@ def frame_step(
         """Centre steps g * group .. g * group + group - 1; the inner tiers' chunks start and end around them.
 
         Pipelined, the leading device runs the steps while the trailing one does the S4 state work: the
-        inner tiers' every group, the outer tiers' in the first group of the frame.
+        inner tiers' every group, the outer tiers' (tier, S4 block) pairs spread evenly over the groups.
         """
         hist, acc = list(c.hist), list(c.acc)
         for i in inner:
@@ -525,6 +526,7 @@ __all__ = [
     "LayerChunk",
     "Pipe",
     "apply_pending",
+    "catch_up",
     "chunk_of",
     "chunk_steps",
     "frame_cache",
