@@ -8,8 +8,8 @@
 For every (config, batch) case, in a fresh subprocess (separate memory), with random initial weights:
 
 * ``compile_s``: ahead-of-time compilation of the chunk program (sashimi_jax.sample.run_frames), split
-  over the devices that divide the batch (``devices``; on a CPU one device per core, as
-  ``experiments/generate.py`` does, unless ``--cpu_devices`` says otherwise);
+  over the devices that divide the batch, or pipelined over two when none does (batch 1; ``devices``; on
+  a CPU one device per core, as ``experiments/generate.py`` does, unless ``--cpu_devices`` says otherwise);
 * ``samples_per_s_per_stream`` (best of ``--repeats`` timed runs of ``--samples`` samples per stream after
   one warm-up run) and ``aggregate_samples_per_s`` = batch x that; ``median_*`` likewise;
   ``real_time_factor`` = per-stream rate / 16000 (> 1: faster than real time);
