@@ -262,6 +262,11 @@ def pipe_start(fcache: FrameCache, state: FrameState) -> Pipe:
     return Pipe(acc0, u_prev, tuple(jnp.bool_(False) for _ in acc0))
 
 
+def only(tree, keep: jax.Array):
+    """``tree`` where ``keep`` (a traced bool), zeros elsewhere: one device's part of a sum over devices."""
+    return jax.tree.map(lambda x: jnp.where(keep, x, jnp.zeros_like(x)), tree)
+
+
 def catch_up(chunk: LayerChunk, x: jax.Array, u_prev: jax.Array, pending: jax.Array) -> jax.Array:
     """The trailing device's state x (H, B, N), advanced over the previous chunk's inputs u_prev if pending."""
     return jax.lax.cond(pending, lambda x, u: advance(chunk, x, u), lambda x, u: x, x, u_prev)
@@ -427,11 +432,7 @@ def frame_step(
         """End of the listed tiers' chunks: the leading device's inputs go to the trailing one, its ``sent``
         comes back and completes the next chunk's free response (one sum over the pipeline axis)."""
         lead = jax.lax.axis_index(pipeline) == 0
-        mine = tuple(
-            (tuple(jnp.where(lead, h, 0.0) for h in c.hist[i]), tuple(jnp.where(lead, 0.0, q) for q in c.sent[i]))
-            for i in listed
-        )
-        both = jax.lax.psum(mine, pipeline)
+        both = jax.lax.psum(tuple((only(c.hist[i], lead), only(c.sent[i], ~lead)) for i in listed), pipeline)
         acc, u_prev, pending = list(c.acc), list(c.pipe.u_prev), list(c.pipe.pending)
         for (inputs, sent), i in zip(both, listed):
             n = steps[i]
@@ -473,6 +474,15 @@ def frame_step(
         c = jax.lax.cond(jax.lax.axis_index(pipeline) == 0, lead, trailing, c)
         return exchange(c, inner) if inner else c
 
+    def first_acc(i: int) -> tuple:
+        """Tier i's accumulators at the frame start: its free responses, or (inner tiers) zeros until
+        group_step sets them; pipelined, the Pipe's free responses and zeros for the next chunk."""
+        if pipeline is not None:
+            return tuple(jnp.concatenate([a, jnp.zeros_like(a)], axis=0) for a in pipe.acc0[i])
+        if i in inner:
+            return tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i])
+        return tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], state.ssm[i]))
+
     b = token.shape[0]
     carry = _Carry(
         token=token,
@@ -482,14 +492,7 @@ def frame_step(
         hist=tuple(
             tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i]) for i in range(depth + 1)
         ),
-        acc=tuple(
-            tuple(jnp.zeros((steps[i], b, x.shape[0]), x.dtype) for x in state.ssm[i])
-            if i in inner and pipeline is None
-            else tuple(free_response(ch, x) for ch, x in zip(fcache.tiers[i], state.ssm[i]))
-            if pipeline is None
-            else tuple(jnp.concatenate([a, jnp.zeros_like(a)], axis=0) for a in pipe.acc0[i])
-            for i in range(depth + 1)
-        ),
+        acc=tuple(first_acc(i) for i in range(depth + 1)),
         ssm=tuple(state.ssm),
         logits=jnp.zeros((f, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None,
         pipe=pipe,
@@ -527,6 +530,7 @@ __all__ = [
     "Pipe",
     "apply_pending",
     "catch_up",
+    "only",
     "chunk_of",
     "chunk_steps",
     "frame_cache",

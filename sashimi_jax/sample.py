@@ -353,10 +353,9 @@ def run_frames(
     fstate, out = carry[0], carry[2]
     if pipeline is not None:  # device 0 holds the outputs and pooling buffers, device 1 the S4 states
         lead = jax.lax.axis_index(pipeline) == 0
-        only = lambda tree, keep: jax.tree.map(lambda x: jnp.where(keep, x, jnp.zeros_like(x)), tree)  # noqa: E731
         ssm = fused.apply_pending(fcache, fstate.ssm, carry[3])
         out, down, up, ssm = jax.lax.psum(
-            (*only((out, fstate.down, fstate.up), lead), only(ssm, ~lead)), pipeline
+            (*fused.only((out, fstate.down, fstate.up), lead), fused.only(ssm, ~lead)), pipeline
         )
         fstate = fstate._replace(down=down, up=up, ssm=ssm)
     return out.reshape(max_frames * f, b), fused.from_frame_state(fstate)
