@@ -49,3 +49,17 @@ def test_data_throughput_reports_prepared_and_streamed_windows_per_s():
     assert report["prepared"]["windows"] == 3 * (60 * 16000 // 1024) and report["prepared"]["read_windows_per_s"] > 0
     assert report["streaming"]["windows"] >= 4 * report["streaming"]["shuffle_buffer"]  # several blocks decoded
     assert report["streaming"]["windows_per_s"] > 0 and report["train"] is None
+
+
+def test_generate_ab_times_this_checkout_against_a_commit_in_one_process():
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode:
+        import pytest
+
+        pytest.skip("not a git checkout: generate_ab.py exports the commit it compares against with git archive")
+    report = run_script("generate_ab.py", "--against", "HEAD", "--configs", "demo", "--samples", "256", "--rounds", "2")
+    (case,) = report["results"]
+    assert report["against"] == "HEAD" and case["config"] == "demo" and case["batch"] == 1, report
+    rates = case["median_samples_per_s_per_stream"]
+    assert set(rates) == {"now", "HEAD"} and min(rates.values()) > 0, rates
+    low, high = case["ratio_range"]
+    assert 0 < low <= case["ratio"] <= high, case
