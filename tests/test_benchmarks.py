@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -52,10 +54,9 @@ def test_data_throughput_reports_prepared_and_streamed_windows_per_s():
 
 
 def test_generate_ab_times_this_checkout_against_a_commit_in_one_process():
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode:
-        import pytest
-
-        pytest.skip("not a git checkout: generate_ab.py exports the commit it compares against with git archive")
+    git = shutil.which("git")
+    if git is None or subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode:
+        pytest.skip("no git checkout: generate_ab.py exports the commit it compares against with git archive")
     report = run_script("generate_ab.py", "--against", "HEAD", "--configs", "demo", "--samples", "256", "--rounds", "2")
     (case,) = report["results"]
     assert report["against"] == "HEAD" and case["config"] == "demo" and case["batch"] == 1, report
