@@ -62,20 +62,25 @@ class LayerChunk(NamedTuple):
     Fields (A, B of channel h written A_h, B_h):
       free: (H, F, N) row j = C_h A_h^(j+1): output j's dependence on the state at the chunk start.
       free_next: (H, F, N) row j = C_h A_h^(j+1+F): the next chunk's output j, same dependence.
-      kern: (F, H) kern[m] = C_h A_h^m B_h (+ D_h at m = 0): output j's dependence on input j - m.
-      kern_pad: (3F, H) F rows of zeros, then kern[m] for m < 2F: rows F - k .. F - k + R - 1 are input k's
-        effect on outputs 0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next
-        chunk), a Toeplitz matrix read as sliding windows.
+      kern_pad: (3F, H) F rows of zeros, then kern[m] = C_h A_h^m B_h (+ D_h at m = 0) for m < 2F: output
+        j's dependence on input j - m. Rows F - k .. F - k + R - 1 are input k's effect on outputs
+        0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next chunk), a Toeplitz
+        matrix read as sliding windows. :attr:`kern` is its (F, H) part for lags m < F.
       a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
       b_pow: (H, F, N) row k = (A_h^(F-1-k) B_h)^T: input k's contribution to the state after the chunk.
     """
 
     free: jax.Array
     free_next: jax.Array
-    kern: jax.Array
     kern_pad: jax.Array
     a_pow: jax.Array
     b_pow: jax.Array
+
+    @property
+    def kern(self) -> jax.Array:
+        """(F, H) kern[m] for lags m < F: the rows of kern_pad after its F zero rows."""
+        f = self.kern_pad.shape[0] // 3
+        return self.kern_pad[f : 2 * f]
 
 
 class FrameCache(NamedTuple):
@@ -128,14 +133,12 @@ def chunk_of(disc: s4lib.Discrete, steps: int) -> LayerChunk:
     rows = jnp.swapaxes(s4lib.impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)  # (H, size, N): C A^m
     a_pow = s4lib.matrix_power(a, steps)
     kern2 = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F, H)
-    impulse = impulse[:steps]
     return LayerChunk(
         free=rows[:, 1 : steps + 1],
         free_next=rows[:, steps + 1 : 2 * steps + 1],
-        kern=kern2[:steps],
         kern_pad=jnp.concatenate([jnp.zeros_like(kern2[:steps]), kern2], axis=0),
         a_pow=jnp.swapaxes(a_pow, -1, -2),
-        b_pow=jnp.swapaxes(impulse[::-1], 0, 1),
+        b_pow=jnp.swapaxes(impulse[:steps][::-1], 0, 1),
     )
 
 
@@ -530,12 +533,12 @@ __all__ = [
     "Pipe",
     "apply_pending",
     "catch_up",
-    "only",
     "chunk_of",
     "chunk_steps",
     "frame_cache",
     "frame_step",
     "from_frame_state",
+    "only",
     "pipe_start",
     "to_frame_state",
 ]
