@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -53,20 +54,19 @@ def build(pkg: str, configs: Path, config: str, batch: int, samples: int):
     from flax import nnx
 
     lib = importlib.import_module(pkg)
-    sample = importlib.import_module(f"{pkg}.sample")
     model = importlib.import_module(f"{pkg}.sashimi").SaShiMi(lib.load_config(configs / f"{config}.py").model,
                                                                rngs=nnx.Rngs(0))
-    s = sample.check_sampling(1.0, 1.0, 0)
-    gen = sample.Generator(model, s, chunk=samples)
-    carry = sample.start(model, batch, frame=gen.frame)
+    if importlib.util.find_spec(f"{pkg}.generator"):  # the model's own blocks in recurrent mode
+        gen_mod, sampling = importlib.import_module(f"{pkg}.generator"), importlib.import_module(f"{pkg}.sampling")
+        gen = gen_mod.Generator(model, sampling.check_sampling(1.0, 1.0, 0), samples_per_call=samples)
+        carry = gen.start(batch)
+    else:  # releases before it: sashimi_jax.sample with fused frames
+        sample = importlib.import_module(f"{pkg}.sample")
+        gen = sample.Generator(model, sample.check_sampling(1.0, 1.0, 0), chunk=samples)
+        carry = sample.start(model, batch, frame=gen.frame)
     args = (carry.state, carry.known, carry.n_known, jnp.asarray(gen.max_frames, jnp.int32), jax.random.key(0))
-    if hasattr(gen, "program"):
-        fn, consts, place = gen.program(batch)
-        args = place(args)
-    else:  # releases before Generator.program: one device, run_frames called directly
-        fn = jax.jit(lambda *a: sample.run_frames(gen.graphdef, *a, sampling=s, max_frames=gen.max_frames,
-                                                  reps=gen.reps))
-        consts, args = (gen.params, gen.fcache), jax.device_put(args, gen.sharding)
+    fn, consts, place = gen.program(batch)
+    args = place(args)
     compiled = fn.lower(*consts, *args).compile()
 
     def run() -> float:

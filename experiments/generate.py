@@ -56,7 +56,7 @@ def main(argv):
     from sashimi_jax import checkpoint, data
     from sashimi_jax import generate as genlib
     from sashimi_jax.config import ConfigError
-    from sashimi_jax.sample import SamplingError
+    from sashimi_jax.sampling import SamplingError
 
     req = genlib.Request(
         workdir=_WORKDIR.value, out=_OUT.value, seconds=_SECONDS.value, num_samples=_NUM.value,

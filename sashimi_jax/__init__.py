@@ -6,7 +6,7 @@ layers) -> logits -> :mod:`sashimi_jax.train` (loss) or :mod:`sashimi_jax.sample
 """
 
 from sashimi_jax.config import ConfigError, load_config
-from sashimi_jax.sashimi import SaShiMi, SaShiMiState, StepCache, count_params
+from sashimi_jax.sashimi import SaShiMi, SaShiMiState, count_params
 
-__all__ = ["ConfigError", "SaShiMi", "SaShiMiState", "StepCache", "count_params", "load_config"]
+__all__ = ["ConfigError", "SaShiMi", "SaShiMiState", "count_params", "load_config"]
 __version__ = "0.1.0"

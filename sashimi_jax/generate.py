@@ -4,8 +4,8 @@ The logic behind ``experiments/generate.py``. One call of :func:`run`:
 
 1. restores the run's model (:func:`load_trained`; the best checkpoint by validation loss by default);
 2. encodes the optional prompt like training data (:func:`sashimi_jax.data.encode_prompt`) and consumes it
-   in parallel mode (:func:`sashimi_jax.sample.start`);
-3. generates ``num_samples`` streams chunk by chunk (:class:`sashimi_jax.sample.Generator`), appending each
+   in parallel mode (:meth:`sashimi_jax.generator.Generator.start`);
+3. generates ``num_samples`` streams chunk by chunk (:class:`sashimi_jax.generator.Generator`), appending each
    chunk to one 16-bit WAV per stream as it comes (memory does not grow with the length) and to a
    running spectrogram, with a progress bar showing samples/s and the real-time factor;
 4. writes one spectrogram PNG per stream, and with ``rank`` scores every stream by the model's own
@@ -147,7 +147,7 @@ class Request:
 
 def check_request(req: Request) -> None:
     """Reject out-of-range settings before anything is loaded. Raises GenerateError / SamplingError."""
-    from sashimi_jax.sample import check_sampling
+    from sashimi_jax.sampling import check_sampling
 
     def positive(name, value):
         if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
@@ -304,7 +304,9 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     from tqdm import tqdm
 
     from sashimi_jax import data, mulaw
-    from sashimi_jax import sample as samplelib
+    from sashimi_jax import generator as genmod
+    from sashimi_jax import sampling as samplelib
+    from sashimi_jax.scoring import log_likelihood
     from sashimi_jax.workdir import ensure_writable
 
     check_request(req)
@@ -335,10 +337,10 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     b = req.num_samples
     stems = output_names(out, b)
     chunk = max(1, round(req.chunk_seconds * rate))
-    gen = samplelib.Generator(model, sampling, chunk)
+    gen = genmod.Generator(model, sampling, chunk)
 
     t0 = time.time()
-    carry = samplelib.start(model, b, prompt, frame=gen.frame)
+    carry = gen.start(b, prompt)
     jax.block_until_ready(carry)
     prefill_s = time.time() - t0
     keep_tokens = req.rank != "none"
@@ -403,7 +405,7 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     }
     if keep_tokens:
         tokens = np.concatenate(kept_chunks, axis=1)
-        nll = samplelib.log_likelihood(model, tokens, start=n_prompt)
+        nll = log_likelihood(model, tokens, start=n_prompt)
         keep = rank_keep(nll, req.rank)
         dropped = out / "dropped"
         ranking = []

@@ -1,4 +1,7 @@
-"""The SaShiMi network: reference parameter counts, recurrent == parallel, causality across tiers."""
+"""The SaShiMi network: reference parameter counts, recurrent == parallel, causality across tiers, prefill.
+
+Recurrent mode here is the one-sample reference step (tests/reference.py); the sampler's frames are checked
+against it in test_frames.py."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import reference
 import sashimi_jax as sj
-from sashimi_jax import sashimi as net
 from conftest import config_path
+from sashimi_jax import layers
 
 forward = nnx.jit(lambda model, tokens: model(tokens))
 prefill = nnx.jit(lambda model, tokens: model.prefill(tokens))
@@ -27,20 +31,10 @@ def test_parameter_counts_equal_the_reference(name):
 
 
 def stepped_logits(model, tokens, dense=True):
-    """Recurrent mode over a whole sequence inside one lax.scan: int32 (B, L) -> (B, L, 256)."""
-
-    @nnx.jit(static_argnums=2)
-    def run(model, tokens, dense):
-        cache = model.step_cache()
-
-        def body(state, tok):
-            logits, state = model.step(tok, state, cache, dense=dense)
-            return state, logits
-
-        _, out = jax.lax.scan(body, model.init_state(tokens.shape[0]), tokens.T)
-        return jnp.swapaxes(out, 0, 1)
-
-    return run(model, tokens, dense)
+    """The reference one-sample step (tests/reference.py) over a whole sequence: int32 (B, L) -> (B, L, 256)."""
+    graphdef, params = nnx.split(model)
+    run = jax.jit(lambda params, tokens: reference.run(nnx.merge(graphdef, params), tokens, dense)[0])
+    return jnp.swapaxes(run(params, tokens), 0, 1)
 
 
 @pytest.mark.parametrize("name", ["bigband_2layer", "bigband_8layer"])
@@ -67,18 +61,19 @@ def test_lower_tiers_run_at_their_own_rate():
     """A centre-tier S4 state must change only every prod(pool) = 16 samples, a tier-1 state every 4."""
     cfg = sj.load_config(config_path("demo"))
     model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
-    state = model.init_state(1)
-    cache = model.step_cache()
-    step = nnx.jit(lambda m, tok, st, c: m.step(tok, st, c))
+    state = reference.zero_state(model, 1)
+    discs = reference.discs(model)
+    step = nnx.jit(lambda m, tok, st, c: reference.step(m, tok, st, c))
     changes = {1: [], 2: []}
     for t in range(48):
-        _, new = step(model, jnp.array([t * 5 % 256]), state, cache)
+        _, new = step(model, jnp.array([t * 5 % 256]), state, discs)
         for tier in (1, 2):
             changes[tier].append(bool(jnp.any(new.ssm[tier][0] != state.ssm[tier][0])))
         state = new
     assert [t for t, c in enumerate(changes[1]) if c] == list(range(3, 48, 4))
     assert [t for t, c in enumerate(changes[2]) if c] == [15, 31, 47]
     assert int(state.t) == 48
+    assert model.strides == (1, 4, 16)
 
 
 def prefix_unchanged(model, tokens, t, fwd=forward):
@@ -112,7 +107,7 @@ def test_causality_test_detects_an_unshifted_uppool(small_model, monkeypatch):
         b, lp, _ = y.shape
         return self.spread(y).reshape(b, lp * self.pool, self.d_out)
 
-    monkeypatch.setattr(net.UpPool, "__call__", leaky)
+    monkeypatch.setattr(layers.UpPool, "__call__", leaky)
     tokens = jax.random.randint(jax.random.key(7), (1, 256), 0, 256)
     fresh = nnx.jit(lambda model, tokens: model(tokens))  # traced after the patch
     assert max(prefix_unchanged(small_model, tokens, t, fresh)[0] for t in (1, 5, 17)) > 1e-3
@@ -131,16 +126,15 @@ def test_sample_level_causality_through_shifted_inputs(small_model):
 
 def test_prefill_equals_stepping_at_every_phase(small_model):
     tokens = jax.random.randint(jax.random.key(4), (2, 80), 0, 256)
-    cache = small_model.step_cache()
-    state = small_model.init_state(2)
-    step = nnx.jit(lambda m, tok, st, c: m.step(tok, st, c))
+    discs = reference.discs(small_model)
+    state = reference.zero_state(small_model, 2)
+    step = nnx.jit(lambda m, tok, st, c: reference.step(m, tok, st, c))
     for t in range(80):
-        logits, state = step(small_model, tokens[:, t], state, cache)
+        logits, state = step(small_model, tokens[:, t], state, discs)
         if t + 1 in (1, 4, 17, 80):
             lp, sp = prefill(small_model, tokens[:, : t + 1])
             assert float(jnp.abs(lp - logits).max()) < 1e-4
-            diffs = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), sp, state)
-            assert max(jax.tree.leaves(diffs)) < 1e-4, (t, diffs)
+            reference.assert_same_state(sp, state, atol=1e-4)
 
 
 def test_length_not_multiple_of_pooling_is_a_clear_error(small_model):

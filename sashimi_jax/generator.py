@@ -1,0 +1,368 @@
+"""Compiled generation: a batch of streams, frame by frame, inside one ``jax.lax.fori_loop`` per call.
+
+Usage::
+
+    gen = Generator(model, Sampling(temperature=0.8, top_p=0.95), samples_per_call=16000)
+    carry = gen.start(num_samples=4, prompt=tokens)                      # prompt: int (T,) or None
+    for toks, carry in gen.stream(carry, steps=160000, seed=0):          # toks: int32 (4, <= 16000)
+        ...
+    # or all at once: tokens, carry = generate(model, 4, steps=..., temperature=0.8, top_p=0.95, seed=0)
+
+Each call runs whole frames (:mod:`sashimi_jax.frames`, 256 samples by default) and the host only sees
+finished calls. With several devices (on a CPU: one per core, ``sashimi_jax.cli.cpu_devices``) the batch is
+split among them, each looping over its own streams with the same uniforms as a single device would use; a
+batch no device count divides runs pipelined over two devices (:mod:`sashimi_jax.pipeline`).
+
+Positions count model inputs: input 0 is the mu-law zero 128, input t + 1 is sample t, and sample t is
+drawn from the logits after input t (:mod:`sashimi_jax.sampling`). With a prompt p_0..p_{T-1}, samples
+0..T-1 are the prompt and generation starts at sample T.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sashimi_jax import frames, pipeline
+from sashimi_jax.mulaw import MU_LAW_ZERO
+from sashimi_jax.sampling import Sampling, check_sampling, sample_logits, uniforms
+from sashimi_jax.sashimi import SaShiMi, SaShiMiState
+
+P = jax.sharding.PartitionSpec
+
+
+class GenCarry(NamedTuple):
+    """Where a batch of generations stands; pass it back to :func:`stream` / :func:`generate` to continue.
+
+    Fields:
+      state: the model state at the last frame boundary t0 (``state.t`` = t0, a multiple of the frame F).
+      known: int32 (B, F): the inputs at positions t0 .. t0 + n_known - 1 (the rest is padding).
+      n_known: int32 () in [1, F]. The next sample to generate is sample t0 + n_known - 1.
+    Keeping the state at a frame boundary plus the few inputs after it lets every call run whole
+    frames: a frame begun by one call is recomputed by the next with its known inputs forced.
+    """
+
+    state: SaShiMiState
+    known: jax.Array
+    n_known: jax.Array
+
+    def position(self) -> int:
+        """Index of the next sample to generate (= samples so far, prompt included)."""
+        return int(self.state.t) + int(self.n_known) - 1
+
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
+def _prefill(graphdef, params, tokens, steps):
+    return nnx.merge(graphdef, params).prefill(tokens, steps)[1]
+
+
+def start(model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | None = None) -> GenCarry:
+    """The carry before generating: after the prompt (computed in parallel mode), or at the start.
+
+    Args:
+      model: the network.
+      num_samples: B, the number of streams.
+      prompt: None (start from the mu-law zero, as the reference), or int tokens (T,) shared by all
+        streams (consumed once, at batch 1) or (B, T), T >= 1: samples 0..T-1 of every stream.
+      plan: the frames of the generator that will continue (default ``frames.plan(model)``).
+    Returns:
+      :class:`GenCarry`; inputs 0..t0-1 (t0 = T rounded down to a frame) are consumed by
+      :meth:`SaShiMi.prefill`, the rest (<= F) are kept as known inputs of the next frame.
+    """
+    plan = frames.plan(model) if plan is None else plan
+    f, b = plan.samples, int(num_samples)
+    prompt = np.zeros((0,), np.int32) if prompt is None else np.asarray(prompt, np.int32)
+    shared = prompt.ndim == 1
+    if shared:
+        prompt = prompt[None]
+    if prompt.ndim != 2 or prompt.shape[0] not in ((1,) if shared else (b,)):
+        raise ValueError(f"prompt of shape {prompt.shape} must be (T,) or ({b}, T) tokens.")
+    inputs = np.concatenate([np.full((prompt.shape[0], 1), MU_LAW_ZERO, np.int32), prompt], axis=1)  # 0..T
+    t0 = (inputs.shape[1] - 1) // f * f
+    if t0 > 0:  # a shared prompt is consumed once and its state copied to every stream
+        graphdef, params = nnx.split(model)
+        state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), plan.steps)
+        if shared:
+            state = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, b, axis=1), state)
+    else:
+        state = model.zero_state(b, plan.steps)
+    inputs = np.broadcast_to(inputs, (b, inputs.shape[1]))
+    n_known = inputs.shape[1] - t0
+    known = np.zeros((b, f), np.int32)
+    known[:, :n_known] = inputs[:, t0:]
+    return GenCarry(state, jnp.asarray(known), jnp.asarray(n_known, jnp.int32))
+
+
+def at_rest(state: SaShiMiState) -> SaShiMiState:
+    """``state`` with every S4 layer between segments (inputs and outputs cleared): how calls hand it over."""
+    ssm = tuple(
+        tuple(s._replace(u=jnp.zeros_like(s.u), y=jnp.zeros_like(s.y), k=jnp.zeros_like(s.k)) for s in tier)
+        for tier in state.ssm
+    )
+    return state._replace(ssm=ssm)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "plan", "shards", "axis"))
+def run_frames(
+    graphdef, params, ops, state, known, n_known, n_frames, key, *, sampling, max_frames, plan, shards=1, axis=None,
+):
+    """Generate ``n_frames`` (<= max_frames, traced) whole frames from a frame boundary, in one fori_loop.
+
+    Args:
+      graphdef, params: ``nnx.split(model)``. ops: ``model.segments(plan.steps)``.
+      state: SaShiMiState at t0 (a multiple of F). known: int32 (B, F) inputs from t0; n_known: int32 ()
+        how many are known (outputs of the first frame that are known inputs are forced, not sampled).
+      n_frames: int32 (). key: the PRNG key of the seed.
+      sampling: :class:`Sampling`. max_frames: size of the output buffer (static). plan: :func:`frames.plan`.
+      shards: 1, or the size of the "data" mesh axis when this runs under ``shard_map`` on one slice of
+        the batch (streams b_0 .. b_0 + B - 1 of B x shards): the uniforms are those of the whole batch,
+        so the result does not depend on how the batch is split.
+      axis: None, or the name of a 2-device mesh axis when this runs pipelined under ``shard_map`` on the
+        whole batch (:mod:`sashimi_jax.pipeline`); both devices return the same outputs and state.
+    Returns:
+      outputs int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
+      the state after the frames.
+    """
+    model = nnx.merge(graphdef, params)
+    model.eval()
+    f, b = plan.samples, known.shape[0]
+    temp, top_p, top_k = sampling
+    if temp > 0:
+        u_all = uniforms(key, state.t, max_frames * f, b * shards)
+        if shards > 1:
+            u_all = jax.lax.dynamic_slice_in_dim(u_all, jax.lax.axis_index("data") * b, b, axis=1)
+        u_all = u_all.reshape(max_frames, f, b)
+
+    def body(i, carry):
+        state, token, out = carry[:3]
+        u = jax.lax.dynamic_index_in_dim(u_all, i, keepdims=False) if temp > 0 else None
+
+        def choose(j, logits):  # j: the sample's index in the frame (traced)
+            uj = None if u is None else jax.lax.dynamic_index_in_dim(u, j, keepdims=False)
+            drawn = sample_logits(logits, uj, temp, top_p, top_k)
+            forced = jax.lax.dynamic_index_in_dim(known, jnp.minimum(j + 1, f - 1), axis=1, keepdims=False)
+            return jnp.where((i == 0) & (j + 1 < n_known), forced, drawn)
+
+        if axis is None:
+            toks, state = frames.frame(model, ops, plan, state, token, choose)
+            rest = ()
+        else:
+            toks, state, pipe = pipeline.frame(model, ops, plan, state, token, choose, carry[3], axis)
+            rest = (pipe,)
+        out = jax.lax.dynamic_update_index_in_dim(out, toks, i, axis=0)
+        return (state, toks[-1], out, *rest)
+
+    carry = (state, known[:, 0], jnp.zeros((max_frames, f, b), jnp.int32))
+    if axis is not None:
+        state, pipe = pipeline.start(ops, state)
+        carry = (state, carry[1], carry[2], pipe)
+    carry = jax.lax.fori_loop(0, n_frames, body, carry)
+    state, out = carry[0], carry[2]
+    if axis is not None:
+        out, state = pipeline.finish(axis, ops, state, carry[3], out)
+    return out.reshape(max_frames * f, b), at_rest(state)
+
+
+_segments = jax.jit(lambda graphdef, params, steps: nnx.merge(graphdef, params).segments(steps), static_argnums=(0, 2))
+
+
+class Generator:
+    """Compiled generation for one model, sampling setting and call size.
+
+    ``gen.stream(carry, steps, seed)`` yields ``(tokens, carry)`` call by call: int32 (B, n) numpy new samples
+    and the carry after them. Built once, reused across calls (compiles on first use per batch size).
+    ``samples_per_call``: samples per compiled call, rounded up to whole frames. ``centre_steps``: centre
+    steps per frame (:func:`sashimi_jax.frames.plan`; results do not depend on it).
+    ``devices``: the devices a batch is split over (default: every local device of the parameters' platform;
+    on a CPU, ``sashimi_jax.cli.cpu_devices`` makes one device per core). A batch of B streams runs on the
+    largest number of them that divides B, each device looping over its own streams with no communication
+    (``shard_map``); the samples do not depend on the split. ``pipeline``: a batch that no device count
+    divides (one stream, say) runs on two devices, the second doing the S4 state work one segment behind
+    (:mod:`sashimi_jax.pipeline`); equal to one device to float32 rounding. Default: on CPU devices (measured
+    there).
+    """
+
+    def __init__(
+        self,
+        model: SaShiMi,
+        sampling: Sampling | None = None,
+        samples_per_call: int = 16000,
+        centre_steps: int = frames.DEFAULT_CENTRE_STEPS,
+        devices: list | None = None,
+        pipeline: bool | None = None,
+    ):
+        self.model = model
+        self.sampling = check_sampling(*(sampling or Sampling()))
+        self.plan = frames.plan(model, centre_steps)
+        self.max_frames = max(1, -(-int(samples_per_call) // self.plan.samples))
+        self.graphdef, params = nnx.split(model)
+        if devices is None:
+            leaf = jax.tree.leaves(params)[0]
+            first = min(leaf.devices(), key=lambda d: d.id) if hasattr(leaf, "devices") else jax.devices()[0]
+            devices = [first, *(d for d in jax.local_devices(backend=first.platform) if d != first)]
+        self.devices = list(devices)
+        self.pipeline = self.devices[0].platform == "cpu" if pipeline is None else bool(pipeline)
+        # plain single-device arrays for one device (restored params may sit on a training mesh)
+        self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+        self.params = jax.device_put(params, self.sharding)
+        self.ops = _segments(self.graphdef, self.params, self.plan.steps)
+        self._programs: dict = {}
+
+    @property
+    def frame(self) -> int:
+        """Samples per frame."""
+        return self.plan.samples
+
+    def start(self, num_samples: int, prompt=None) -> GenCarry:
+        """The carry before generating ``num_samples`` streams, after ``prompt`` (see :func:`start`)."""
+        return start(self.model, num_samples, prompt, self.plan)
+
+    def program(self, batch: int):
+        """What runs a batch of ``batch`` streams: ``(fn, constants, place)``.
+
+        ``fn(*constants, *place((state, known, n_known, n_frames, key)))`` is :func:`run_frames` (jitted,
+        the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``,
+        or pipelined over two of them when that number is 1 (see :attr:`pipeline`).
+        """
+        n = max(d for d in range(1, len(self.devices) + 1) if batch % d == 0)
+        if n == 1 and len(self.devices) > 1 and self.pipeline:
+            n = "pipeline"
+        if n not in self._programs:
+            static = dict(sampling=self.sampling, max_frames=self.max_frames, plan=self.plan)
+            if n == "pipeline":
+                self._programs[n] = self._pipelined(static)
+            elif n == 1:
+                fn = jax.jit(functools.partial(run_frames, self.graphdef, **static))
+                self._programs[1] = (fn, (self.params, self.ops), lambda args: jax.device_put(args, self.sharding))
+            else:
+                self._programs[n] = self._split(n, static)
+        return self._programs[n]
+
+    def _split(self, n: int, static: dict):
+        """:func:`run_frames` on the first n devices, each on its own slice of the batch (axis 1 of the state)."""
+        mesh = jax.sharding.Mesh(np.array(self.devices[:n]), ("data",))
+        spec = lambda x: P() if jnp.ndim(x) == 0 else P(None, "data")  # noqa: E731  the state's batch axis
+        state_spec = jax.tree.map(spec, self.model.zero_state(n, self.plan.steps))
+        local = functools.partial(run_frames, self.graphdef, **static, shards=n)
+        fn = jax.jit(
+            jax.shard_map(
+                local,
+                mesh=mesh,
+                in_specs=(P(), P(), state_spec, P("data"), P(), P(), P()),
+                out_specs=(P(None, "data"), state_spec),
+                check_vma=False,
+            )
+        )
+        consts = jax.device_put((self.params, self.ops), jax.sharding.NamedSharding(mesh, P()))
+        named = lambda s: jax.sharding.NamedSharding(mesh, s)  # noqa: E731
+        state_shardings = jax.tree.map(named, state_spec, is_leaf=lambda s: isinstance(s, P))
+
+        def place(args):  # the state on its batch axis (1), the known inputs on theirs (0), scalars replicated
+            return jax.device_put(args, tuple(
+                state_shardings if isinstance(a, SaShiMiState) else named(P() if jnp.ndim(a) == 0 else P("data"))
+                for a in args
+            ))
+
+        return fn, consts, place
+
+    def _pipelined(self, static: dict):
+        """:func:`run_frames` on the first two devices, the S4 state work on the second (:mod:`sashimi_jax.pipeline`)."""
+        mesh = jax.sharding.Mesh(np.array(self.devices[:2]), ("pipe",))
+        rep = jax.sharding.NamedSharding(mesh, P())
+        local = functools.partial(run_frames, self.graphdef, **static, axis="pipe")
+        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))
+        return fn, jax.device_put((self.params, self.ops), rep), lambda args: jax.device_put(args, rep)
+
+    def _run(self, state, known, n_known, n_frames, key):
+        fn, consts, place = self.program(known.shape[0])
+        return fn(*consts, *place((state, known, n_known, jnp.asarray(n_frames, jnp.int32), key)))
+
+
+    def _run(self, state, known, n_known, n_frames, key):
+        fn, consts, place = self.program(known.shape[0])
+        return fn(*consts, *place((state, known, n_known, jnp.asarray(n_frames, jnp.int32), key)))
+
+    def stream(self, carry: GenCarry, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, GenCarry]]:
+        """Generate ``steps`` samples per stream from ``carry``, at most one call's samples (whole frames) per yield."""
+        f, key = self.plan.samples, jax.random.key(int(seed))
+        if carry.known.shape[1] != f:
+            raise ValueError(f"carry made for frames of {carry.known.shape[1]} samples, this generator runs {f}.")
+        remaining = int(steps)
+        while remaining > 0:
+            n_known = int(carry.n_known)
+            first = n_known - 1  # index (from t0) of the first new sample
+            need = first + remaining
+            n_frames = min(-(-need // f), self.max_frames)
+            partial = n_frames * f > need  # the last frame runs past the end: keep the state before it
+            committed = n_frames - int(partial)
+            outs, state = [], carry.state
+            if committed:
+                out, state = self._run(carry.state, carry.known, carry.n_known, committed, key)
+                outs.append(np.asarray(out)[: committed * f])
+            if partial:
+                known = carry.known if not committed else jnp.asarray(_known_after(carry.known, outs[-1][-1]))
+                n_k = carry.n_known if not committed else jnp.asarray(1, jnp.int32)
+                out, _ = self._run(state, known, n_k, 1, key)
+                outs.append(np.asarray(out)[:f])
+            outs = np.concatenate(outs, axis=0).T  # (B, n_frames F): samples t0 ..
+            take = min(remaining, n_frames * f - first)
+            inputs = np.concatenate([np.asarray(carry.known[:, :1]), outs], axis=1)  # inputs t0 .. t0 + n_frames F
+            rel = committed * f  # new frame boundary, relative to t0
+            n_next = first + take + 1 - rel
+            known = np.zeros_like(np.asarray(carry.known))
+            known[:, :n_next] = inputs[:, rel : rel + n_next]
+            carry = GenCarry(state, jnp.asarray(known), jnp.asarray(n_next, jnp.int32))
+            remaining -= take
+            yield outs[:, first : first + take].astype(np.int32), carry
+
+
+def _known_after(known, last) -> np.ndarray:
+    """Known inputs (B, F) at a frame boundary: only the first, the output just before it (``last``, (B,))."""
+    k = np.zeros_like(np.asarray(known))
+    k[:, 0] = last
+    return k
+
+
+def generate(
+    model: SaShiMi,
+    num_samples: int,
+    *,
+    steps: int,
+    prompt=None,
+    carry: GenCarry | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    samples_per_call: int = 16000,
+) -> tuple[np.ndarray, GenCarry]:
+    """Generate ``steps`` samples for each of ``num_samples`` streams.
+
+    Args:
+      model: the network.
+      num_samples: B.
+      steps: new samples per stream.
+      prompt: int tokens (T,) or (B, T) (ignored when ``carry`` is given); see :func:`start`.
+      carry: continue from this :class:`GenCarry` (as returned by a previous call).
+      temperature, top_p, top_k: see :class:`Sampling`. seed: the positional RNG seed.
+      samples_per_call: samples per compiled call (memory and progress granularity; results do not depend on it).
+    Returns:
+      int32 (B, steps) new samples (the prompt is not repeated) and the carry after them.
+    """
+    gen = Generator(model, check_sampling(temperature, top_p, top_k), samples_per_call)
+    carry = gen.start(num_samples, prompt) if carry is None else carry
+    chunks, end = [np.zeros((num_samples, 0), np.int32)], carry
+    for toks, end in gen.stream(carry, steps, seed):
+        chunks.append(toks)
+    return np.concatenate(chunks, axis=1), end
+
+
+
+__all__ = ["GenCarry", "Generator", "generate", "run_frames", "start"]

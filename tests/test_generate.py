@@ -1,0 +1,178 @@
+"""The generation CLI and its library (sashimi_jax.generate): WAVs with the prompt first, ranking, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import DEMO, REPO, TINY
+
+from sashimi_jax import generate as genlib
+from sashimi_jax import load_config, mulaw
+
+GEN_CLI = str(REPO / "experiments" / "generate.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One XLA compilation cache for this module's in-process code and its CLI subprocesses."""
+    path = tmp_path_factory.mktemp("xla")
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        yield path
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A training run directory in the layout of experiments/train.py (config.json + one orbax checkpoint)
+    holding the tiny model's initial parameters: what generation needs, without training."""
+    from sashimi_jax import checkpoint as ckpt
+    from sashimi_jax import optim, train
+
+    root = tmp_path_factory.mktemp("gen")
+    workdir = root / "runs" / "tiny"
+    workdir.mkdir(parents=True)
+    cfg = load_config(DEMO, TINY)
+    parts, params = train.build_model(cfg)
+    state = train.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    ckpt.write_config(workdir, cfg)
+    manager = ckpt.open_manager(workdir)
+    ckpt.save(manager, 1, state, val_loss=5.0)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return subprocess.run(
+        [sys.executable, GEN_CLI, "--noprogress", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env=env, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory) -> Path:
+    """A 44.1 kHz stereo FLAC, 0.7 s."""
+    path = tmp_path_factory.mktemp("prompt") / "prompt.flac"
+    t = np.arange(int(44100 * 0.7)) / 44100
+    x = 0.6 * np.sin(2 * np.pi * 330 * t) * np.exp(-2 * t)
+    sf.write(path, np.stack([x, 0.5 * x], axis=1), 44100)
+    return path
+
+
+def test_cli_writes_wavs_with_the_prompt_first(run_dir, prompt_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sample_00.wav").write_bytes(b"an earlier result")  # must survive
+    res = cli(
+        "--workdir", str(run_dir), "--out", str(out), "--seconds", "1.25", "--num_samples", "3",
+        "--prompt", str(prompt_file), "--prompt_seconds", "0.5013", "--temp", "0.8", "--top_p", "0.95",
+        "--chunk_seconds", "0.3", "--rank", "filter",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "sample_00.wav").read_bytes() == b"an earlier result"
+    from sashimi_jax import data
+
+    prompt = data.encode_prompt(prompt_file, 16000, 0.5013)
+    assert prompt.shape == (8021,)
+    expect = mulaw.mu_law_decode(prompt)
+    ranking = json.loads((out / "sample2_ranking.json").read_text())
+    assert len(ranking) == 3 and [r["rank"] for r in ranking] == [0, 1, 2]
+    assert sorted(r["nll_bits_per_sample"] for r in ranking) == [r["nll_bits_per_sample"] for r in ranking]
+    assert [r["kept"] for r in ranking] == [True, True, False]  # 3 samples: the worst 40% (1) dropped
+    waves = []
+    for r in ranking:
+        path = out / r["file"]
+        x, rate = sf.read(path, dtype="float32")
+        info = sf.info(path)
+        assert rate == 16000 and info.subtype == "PCM_16" and info.channels == 1
+        assert x.shape == (20000,)
+        np.testing.assert_allclose(x[:8021], expect, atol=1.0 / 32768 + 1e-6)  # the prompt opens the file
+        assert path.with_suffix(".png").stat().st_size > 1000
+        waves.append(x)
+    assert not np.array_equal(waves[0][8021:], waves[1][8021:])  # the streams differ after the prompt
+    assert np.abs(waves[0][8021:]).max() > 0
+
+
+def test_default_workdir_is_the_newest_demo_run(tmp_path):
+    root = tmp_path / "runs"
+    for name, cfg_name, stamp in [("a", "demo", 100), ("b", "demo", 200), ("c", "bigband_2layer", 300)]:
+        d = root / name
+        (d / "checkpoints" / "10").mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"name": cfg_name}))
+        os.utime(d / "checkpoints", (stamp, stamp))
+    assert genlib.find_default_workdir(root) == root / "b"
+    (root / "demo" / "checkpoints" / "5").mkdir(parents=True)
+    (root / "demo" / "config.json").write_text(json.dumps({"name": "demo"}))
+    assert genlib.find_default_workdir(root) == root / "demo"
+    with pytest.raises(genlib.GenerateError, match="train one"):
+        genlib.find_default_workdir(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("top_p", 1.5, "top_p"),
+        ("temperature", -1.0, "temperature"),
+        ("top_k", -1, "top_k"),
+        ("seconds", 0.0, "--seconds"),
+        ("num_samples", 0, "--num_samples"),
+        ("rank", "most", "--rank"),
+        ("chunk_seconds", -2.0, "--chunk_seconds"),
+        ("prompt_seconds", 1.0, "--prompt"),
+    ],
+)
+def test_bad_requests_are_refused(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        genlib.check_request(genlib.Request(**{field: value}))
+
+
+def test_rank_keep():
+    nll = [3.0, 1.0, 2.0, 5.0, 4.0]
+    assert genlib.rank_keep(nll, "best") == [1]
+    assert genlib.rank_keep(nll, "filter") == [1, 2, 0]  # worst 40% (2) dropped, best 5% of 5 = none
+    assert genlib.rank_keep(list(range(20)), "filter") == list(range(1, 12))
+    assert genlib.rank_keep(nll, "none") == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("case", ["missing_workdir", "corrupt_prompt", "bad_top_p", "corrupt_checkpoint"])
+def test_cli_bad_inputs_fail_with_one_sentence(case, run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    args = ["--workdir", str(run_dir), "--out", str(out), "--seconds", "0.5"]
+    if case == "missing_workdir":
+        args[1] = str(tmp_path / "no_such_run")
+    elif case == "corrupt_prompt":
+        bad = tmp_path / "broken.wav"
+        bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + os.urandom(200))
+        args += ["--prompt", str(bad)]
+    elif case == "bad_top_p":
+        args += ["--top_p", "1.5", "--temp", "-1"]
+    else:
+        broken = tmp_path / "broken_run"
+        (broken / "checkpoints" / "3").mkdir(parents=True)
+        (broken / "config.json").write_text((run_dir / "config.json").read_text())
+        (broken / "checkpoints" / "3" / "garbage").write_text("not a checkpoint")
+        args[1] = str(broken)
+    res = cli(*args, timeout=120)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert errors[0].rstrip().endswith("."), errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written, nothing lost

@@ -1,0 +1,82 @@
+"""Compiled generation (sashimi_jax.generator): greedy is the parallel argmax, sampling follows the positional
+uniforms of the one-sample step, prompts prefill the state stepping gives, a split generation equals one call."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import reference
+from conftest import shifted
+from flax import nnx
+
+from sashimi_jax import frames, generator, mulaw, sampling
+
+
+def test_greedy_generation_is_the_parallel_argmax(model):
+    """Temperature 0 over 4096 samples (256 steps of the 1/16-rate tier) = argmax of the teacher-forced
+    parallel forward pass on the generated sequence."""
+    length = 4096
+    tokens, carry = generator.generate(model, 2, steps=length, temperature=0.0, samples_per_call=length)
+    assert tokens.shape == (2, length) and carry.position() == length
+    assert len(np.unique(tokens)) > 8  # not stuck on one token: the check below means something
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda params, x: nnx.merge(graphdef, params)(x))
+    logits = np.asarray(forward(params, jnp.asarray(shifted(tokens))), np.float64)
+    chosen = np.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    assert np.all(chosen >= top2[..., 1] - 1e-4)  # always an argmax, up to float error
+    clear = top2[..., 1] - top2[..., 0] > 1e-3
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(tokens[clear], np.argmax(logits, axis=-1)[clear])
+
+
+def test_sampling_follows_the_positional_uniforms(model):
+    """generate() draws sample t from the one-sample step's logits with uniform row t of fold_in(key(seed), t):
+    a plain step-by-step loop with sample_logits gives the same tokens (settings of the test below)."""
+    b, n, kw = 3, 40, {"temperature": 0.8, "top_p": 0.95}
+    tokens, _ = generator.generate(model, b, steps=n, seed=7, samples_per_call=4800, **kw)
+    discs = reference.discs(model)
+    step = jax.jit(lambda tk, s: reference.step(model, tk, s, discs))
+    draw = jax.jit(lambda lg, u: sampling.sample_logits(lg, u, **kw))
+    state, tok, ref = reference.zero_state(model, b), jnp.full((b,), mulaw.MU_LAW_ZERO, jnp.int32), []
+    for t in range(n):
+        logits, state = step(tok, state)
+        tok = draw(logits, sampling.uniforms(jax.random.key(7), t, 1, b)[0])
+        ref.append(np.asarray(tok))
+    np.testing.assert_array_equal(tokens, np.stack(ref, axis=1))
+
+
+def test_prefill_carry_equals_stepping(model, stepped):
+    """start() with a prompt of a non-frame length (133; frames of 64): the state at the frame boundary
+    (128) equals stepping the inputs, and the leftover prompt samples are kept as known inputs."""
+    prompt = np.random.default_rng(2).integers(0, 256, 133).astype(np.int32)
+    plan = frames.plan(model, 4)
+    carry = generator.start(model, 2, prompt, plan)
+    assert carry.known.shape == (2, 64) == (2, plan.samples)
+    inputs = np.concatenate([shifted(prompt[None])[0], prompt[-1:]])  # inputs 0..133
+    assert int(carry.state.t) == 128 and int(carry.n_known) == 6 and carry.position() == 133
+    np.testing.assert_array_equal(np.asarray(carry.known)[:, :6], np.tile(inputs[128:134], (2, 1)))
+    _, state = stepped(np.tile(inputs[:128], (2, 1)))
+    reference.assert_same_state(carry.state, state, atol=2e-4)
+
+
+def test_continuing_equals_one_long_call(model):
+    """3 s + 3 s from the returned carry == 6 s at once (same seed); also across odd split points
+    (mid-frame) after a prompt of a non-frame length. (Same batch, settings and chunk as the CLI test
+    below, so that its subprocess finds this compilation in the shared cache.)"""
+    kw = {"temperature": 0.8, "top_p": 0.95, "seed": 7, "samples_per_call": 4800}
+    whole, end = generator.generate(model, 3, steps=96000, **kw)
+    first, carry = generator.generate(model, 3, steps=48000, **kw)
+    second, end2 = generator.generate(model, 3, steps=48000, carry=carry, **kw)
+    np.testing.assert_array_equal(np.concatenate([first, second], axis=1), whole)
+    assert end2.position() == end.position() == 96000
+    prompt = np.random.default_rng(3).integers(0, 256, 37)
+    ref, _ = generator.generate(model, 3, steps=2003, prompt=prompt, **kw)
+    a, c = generator.generate(model, 3, steps=1000, prompt=prompt, **kw)
+    b, c = generator.generate(model, 3, steps=3, carry=c, **kw)
+    d, c = generator.generate(model, 3, steps=1000, carry=c, **kw)
+    np.testing.assert_array_equal(np.concatenate([a, b, d], axis=1), ref)
+    assert c.position() == 37 + 2003
+    other, _ = generator.generate(model, 3, steps=2003, prompt=prompt, **{**kw, "seed": 8})
+    assert (other != ref).mean() > 0.5  # the seed matters
