@@ -8,7 +8,7 @@ local parquet shards laid out as a hub dataset (in a temporary directory), then 
 ``--sample_len``:
 
   * ``prepared``: windows/s of preparing the cache once (decode, window, mu-law, write) and of reading
-    training batches from it (``data.batch_at`` on the memory-mapped tokens);
+    training batches from it (``batches.batch_at`` on the memory-mapped tokens);
   * ``streaming``: windows/s of the streamed train split (``data.streaming``: parquet -> decode -> windows
     -> block shuffle, made ahead in the feed's background thread), read as fast as it goes;
   * ``train``: samples/s of the config's jitted train step fed by each of the two (the streamed feed
@@ -40,7 +40,7 @@ def write_shards(root: Path, files: int, shards: int) -> int:
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from sashimi_jax.data import synthetic_music
+    from sashimi_jax.synthetic import synthetic_music
 
     cells = []
     for i in range(files):
@@ -66,15 +66,16 @@ def data_config(cfg, root: Path, cache: Path, streaming: bool):
 
 def time_prepared(cfg, root: Path, cache: Path, batch: int, batches: int) -> tuple[dict, object]:
     """Prepare the cache once (timed), then time reading ``batches`` training batches from it."""
-    from sashimi_jax import data
+    from sashimi_jax.batches import batch_at
+    from sashimi_jax.prepared import prepare
 
     t0 = time.perf_counter()
-    prepared = data.prepare(data_config(cfg, root, cache, False))
+    prepared = prepare(data_config(cfg, root, cache, False))
     prepare_s = time.perf_counter() - t0
     n = len(prepared.train) + len(prepared.val) + len(prepared.test)
     t0 = time.perf_counter()
     for step in range(batches):
-        data.batch_at(prepared.train, batch, 0, step)
+        batch_at(prepared.train, batch, 0, step)
     read_s = time.perf_counter() - t0
     return {
         "windows": n,
@@ -87,10 +88,11 @@ def time_prepared(cfg, root: Path, cache: Path, batch: int, batches: int) -> tup
 def time_streaming(cfg, root: Path, cache: Path, batch: int, batches: int) -> tuple[dict, object]:
     """Time the streamed train split over ``batches`` batches, at least 4 shuffle blocks (after the first
     batch, which opens the stream and fills the first block)."""
-    from sashimi_jax import data, stream
+    from sashimi_jax import stream
+    from sashimi_jax.prepared import prepare
 
     d = data_config(cfg, root, cache, True)
-    prepared = data.prepare(d)
+    prepared = prepare(d)
     batches = max(batches, -(-4 * int(d.shuffle_buffer) // batch))
     feed = stream.StreamFeed(prepared.stream, d, batch, seed=0)
     try:
@@ -115,7 +117,8 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     """samples/s of the train step fed from the prepared cache and from the stream (same compiled step)."""
     import jax
 
-    from sashimi_jax import data, optim, parallel, stream, train
+    from sashimi_jax import optim, parallel, stream, train
+    from sashimi_jax.batches import batch_at
 
     mesh = parallel.make_mesh()
     t = cfg.train
@@ -125,7 +128,7 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     step_fn = train.make_train_step(parts, tx, cfg, mesh)
     batch, length = int(t.batch_size), int(cfg.data.sample_len)
     t0 = time.perf_counter()
-    state, out = step_fn(state, parallel.shard_batch(data.batch_at(prepared.train, batch, 0, 0), mesh))
+    state, out = step_fn(state, parallel.shard_batch(batch_at(prepared.train, batch, 0, 0), mesh))
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
     rates = {}
@@ -133,7 +136,7 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     feed.next_batch()  # open the stream outside the timing, as a run does once
     try:
         for name, next_batch in [
-            ("prepared", lambda s: data.batch_at(prepared.train, batch, 0, s)),
+            ("prepared", lambda s: batch_at(prepared.train, batch, 0, s)),
             ("streaming", lambda s: feed.next_batch()),
         ]:
             t0 = time.perf_counter()

@@ -15,10 +15,10 @@ import numpy as np
 MU_LAW_ZERO = 128  # the 8-bit code of 0.0: the first input token and the "silence" class
 
 
-def _xp(x: Any) -> ModuleType:
+def array_module(x: Any) -> ModuleType:
     """The array module for ``x``: ``jax.numpy`` for JAX arrays and tracers, else ``numpy``."""
     if "jax" in type(x).__module__:
-        import jax.numpy as jnp
+        import jax.numpy as jnp  # deferred: NumPy callers (data preparation) never pay for importing jax
 
         return jnp
     return np
@@ -36,7 +36,7 @@ def minmax_scale(x: Any, axis: int = -1) -> Any:
     Returns:
       float32 array of ``x``'s shape with values in [-1, 1].
     """
-    xp = _xp(x)
+    xp = array_module(x)
     x = xp.asarray(x, dtype=xp.float32)
     lo = xp.min(x, axis=axis, keepdims=True)
     hi = xp.max(x, axis=axis, keepdims=True)
@@ -55,7 +55,7 @@ def mu_law_encode(x: Any, bits: int = 8) -> Any:
     Returns:
       int32 array of ``x``'s shape with codes in [0, 2**bits - 1].
     """
-    xp = _xp(x)
+    xp = array_module(x)
     x = xp.asarray(x, dtype=xp.float32)
     mu = np.float32(2**bits - 1)
     y = xp.sign(x) * xp.log1p(mu * xp.abs(x)) / np.log1p(mu)
@@ -75,7 +75,7 @@ def mu_law_decode(q: Any, bits: int = 8) -> Any:
     Returns:
       float32 array of ``q``'s shape; code 2**(bits-1) decodes to exactly 0.0.
     """
-    xp = _xp(q)
+    xp = array_module(q)
     mu = np.float32(2**bits - 1)
     x = xp.asarray(q, dtype=xp.float32) / np.float32(2**bits / 2) - 1.0
     return (xp.sign(x) * ((1.0 + mu) ** xp.abs(x) - 1.0) / mu).astype(xp.float32)

@@ -1,9 +1,10 @@
 """Streaming training data (``data.streaming``): the train split read as it streams, never stored whole.
 
 Windows are cut and mu-law encoded on the fly from each row of the train ``IterableDataset``; each host
-reads only its own shards (``datasets.distributed.split_dataset_by_node``); validation and test are read
-once, fixed and finite, and held in memory. A dataset with one split is split 88/6/6 in order, by data
-file (shard) when it has 3 or more, else by recording.
+reads only its own shards (``datasets.distributed.split_dataset_by_node``). Validation and test are read
+once, fixed and finite, and held in memory by ``sashimi_jax.prepared.prepare``, which hands the train split
+here (``PreparedData.stream``); a dataset with one split is split 88/6/6 in order first, by data file
+(shard) when it has 3 or more, else by recording (``sashimi_jax.splits.split_stream``).
 
 Shuffling and exact resume: ``IterableDataset.shuffle``'s buffer is not part of the dataset's
 ``state_dict()`` (a resumed iterator starts with an empty buffer and yields other examples), so the windows
@@ -18,7 +19,6 @@ background thread (:class:`StreamFeed`), so decoding overlaps the training step.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import os
@@ -30,61 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from sashimi_jax import data as datalib
-from sashimi_jax.data import DataError, DatasetSource
+from sashimi_jax.audio import AudioError, check_audio, file_windows
+from sashimi_jax.recordings import report_skip, row_loader
+from sashimi_jax.sources import DataError, DatasetSource
 from sashimi_jax.workdir import write_text_atomic
 
 POSITION_DIR = "data_position"  # <workdir>/data_position/<step>.p<process>.json, one per checkpoint
 START = {"rows": None, "epoch": 0, "used": 0, "block": 0, "offset": 0}  # the position of a new run
-
-
-def split_stream(ds: Any, train_frac: float, val_frac: float, label: str) -> dict[str, Any]:
-    """Split a streamed dataset 88/6/6 in order: {"train", "val", "test"} datasets.
-
-    By shard (data file) when there are 3 or more; else by row (recording), counting the rows in one
-    pass first (a dataset of 1 or 2 data files, or an audio folder / zip, whose rows are only paths).
-
-    Raises:
-      DataError: fewer than 3 rows.
-    """
-    import datasets
-
-    n = ds.num_shards
-    if n >= 3:
-        b1, b2 = datalib.split_bounds(n, train_frac, val_frac)
-        shards = [ds.shard(num_shards=n, index=i) for i in range(n)]
-        bounds = {"train": (0, b1), "val": (b1, b2), "test": (b2, n)}
-        return {s: datasets.concatenate_datasets(shards[a:b]) for s, (a, b) in bounds.items()}
-    rows = sum(1 for _ in ds)
-    if rows < 3:
-        raise DataError(
-            f"{label} streams {rows} recording(s) and defines no validation or test split; give it 3 or more "
-            "recordings or validation/test splits, or set data.streaming=False."
-        )
-    b1, b2 = datalib.split_bounds(rows, train_frac, val_frac)
-    return {"train": ds.take(b1), "val": ds.skip(b1).take(b2 - b1), "test": ds.skip(b2)}
-
-
-def prepare_stream(source: DatasetSource, data_cfg: Any) -> datalib.PreparedData:
-    """Read the validation and test splits of a streamed source into memory; keep the train split to stream.
-
-    Returns:
-      PreparedData with an empty ``train``, uint8 ``val`` / ``test`` windows, ``cache_path`` None and
-      ``stream`` = the source restricted to its train split.
-    """
-    d = data_cfg
-    splits = dict(source.splits)
-    if set(splits) == {"train"}:
-        splits = split_stream(splits["train"], d.train_frac, d.val_frac, source.label)
-    evals = dataclasses.replace(source, splits={k: v for k, v in splits.items() if k != "train"})
-    parts = [
-        datalib.Recordings(datalib.dataset_loaders(evals, s, d.sample_rate), None, datalib.SPLITS.index(s))
-        for s in evals.splits
-    ]
-    (_, val, test), manifest = datalib.split_tokens(evals, parts, [], d)
-    manifest.update(streaming=True, windows={**manifest["windows"], "train": None})
-    train = dataclasses.replace(source, splits={"train": splits["train"]})
-    return datalib.PreparedData(np.zeros((0, d.sample_len), np.uint8), val, test, manifest, None, stream=train)
 
 
 # ------------------------------------------------------------------------------ the windows
@@ -95,7 +47,7 @@ def host_split(ds: Any, process: int, processes: int) -> Any:
     else every ``processes``-th example (``datasets.distributed.split_dataset_by_node``)."""
     if processes == 1:
         return ds
-    from datasets.distributed import split_dataset_by_node
+    from datasets.distributed import split_dataset_by_node  # deferred: about 1 s, unpaid by runs that do not stream
 
     return split_dataset_by_node(ds, rank=process, world_size=processes)
 
@@ -103,13 +55,13 @@ def host_split(ds: Any, process: int, processes: int) -> Any:
 def row_windows(source: DatasetSource, row: dict, index: int, data_cfg: Any) -> np.ndarray:
     """The token windows of one streamed row, uint8 (n, sample_len); (0, sample_len) for a bad row (reported)."""
     d = data_cfg
-    name, load = datalib.row_loader(source, row, "train", index, d.sample_rate)
+    name, load = row_loader(source, row, "train", index, d.sample_rate)
     try:
         x = load()
-        datalib.check_audio(x, name, d.sample_rate, d.min_seconds)
-        return np.concatenate(datalib.file_windows(x, name, d))
-    except datalib.AudioError as err:
-        datalib.report_skip({"reason": str(err)})
+        check_audio(x, name, d.sample_rate, d.min_seconds)
+        return np.concatenate(file_windows(x, name, d))
+    except AudioError as err:
+        report_skip({"reason": str(err)})
         return np.zeros((0, d.sample_len), np.uint8)
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 from flax import nnx
 from reference import run
 
@@ -70,3 +75,108 @@ def stepped(model):
     graphdef, params = nnx.split(model)
     fn = jax.jit(lambda params, tokens: run(nnx.merge(graphdef, params), tokens))
     return lambda tokens: fn(params, jnp.asarray(tokens, jnp.int32))
+
+
+# ------------------------------------------------------------------ audio files and a hub dataset layout
+
+SR = 16000
+
+
+def tone(seconds, rate, channels=1, freq=440.0, amp=0.5):
+    """A sine (length, channels), channel c scaled by (c + 1) / channels."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    gains = (np.arange(channels) + 1) / channels
+    return (amp * np.sin(2 * np.pi * freq * t)[:, None] * gains).astype(np.float32)
+
+
+def write(path, seconds=2.5, rate=SR, channels=1, freq=440.0, amp=0.5, **kw):
+    """Write a tone file (format from the extension) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, rate, channels, freq, amp), rate, **kw)
+    return path
+
+
+@pytest.fixture
+def music_dir(tmp_path):
+    """Good files 1, 2, 3, 10 (odd rates/channels/formats) and bad ones, in one folder."""
+    root = tmp_path / "music"
+    write(root / "1.wav", rate=22050, channels=2, freq=330)
+    write(root / "2.flac", rate=44100, channels=1, freq=440)
+    write(root / "sub" / "3.ogg", rate=8000, channels=6, freq=550)
+    write(root / "10.wav", rate=SR, channels=1, freq=660)
+    (root / "corrupt.wav").write_bytes(b"\x00\x01" * 500)
+    (root / "empty.flac").write_bytes(b"")
+    write(root / "silent.wav", amp=0.0)
+    write(root / "short.wav", seconds=0.2)
+    (root / "notes.txt").write_text("not audio")
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "deep" / "er" / "broken.flac").write_bytes(b"fLaC" + b"\x00" * 300)
+    (root / "table.parquet").write_bytes(b"PAR1")
+    with zipfile.ZipFile(root / "more.zip", "w") as zf:
+        zf.writestr("inner/bad.wav", b"RIFF junk")
+    return root
+
+
+AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*
+  - split: validation
+    path: data/validation-*
+  - split: test
+    path: data/test-*
+dataset_info:
+  features:
+  - name: audio
+    dtype: audio
+  - name: label
+    dtype: int64
+---
+# a tiny music dataset
+"""
+
+
+def wav_bytes(seconds, freq):
+    """An in-memory mono 16 kHz wav of a sine."""
+    buf = io.BytesIO()
+    t = np.arange(int(round(seconds * SR))) / SR
+    sf.write(buf, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR, format="WAV")
+    return buf.getvalue()
+
+
+def write_shard(path, rows):
+    """A parquet shard of (name, freq) rows of 1.2 s (a freq of None: a corrupt row)."""
+    cells = [{"bytes": wav_bytes(1.2, f) if f else b"broken", "path": name} for name, f in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"audio": pa.array(cells, AUDIO), "label": list(range(len(rows)))}), path)
+
+
+TRAIN = [[("a1.wav", 200), ("a2.wav", 250)], [("b1.wav", 300), ("b2.wav", None)], [("c1.wav", 350)], [("d1.wav", 400)]]
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """A hub dataset layout: 4 train shards (one corrupt row), 1 validation, 1 test shard, and the card."""
+    root = tmp_path / "acme_music"
+    for i, rows in enumerate(TRAIN):
+        write_shard(root / "data" / f"train-{i:05d}-of-00004.parquet", rows)
+    write_shard(root / "data" / "validation-00000-of-00001.parquet", [("v1.wav", 500)])
+    write_shard(root / "data" / "test-00000-of-00001.parquet", [("t1.wav", 600), ("t2.wav", 650)])
+    (root / "README.md").write_text(CARD)
+    return root
+
+
+def windows_of(freq):
+    """The 3 token windows of a 1.2 s row of ``freq``."""
+    from sashimi_jax.audio import load_audio_bytes, window_tokens  # here: the package imports jax after XLA_FLAGS
+
+    x = load_audio_bytes(wav_bytes(1.2, freq), "x.wav", SR)
+    return window_tokens(x[:SR], 4096)
+
+
+def rows(tokens):
+    """The windows of ``tokens`` (n, L) as sorted bytes: equal for the same windows in any order."""
+    return sorted(map(bytes, np.asarray(tokens, np.uint8)))

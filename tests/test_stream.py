@@ -1,6 +1,7 @@
-"""Streaming training (data.streaming) end to end: a streamed run that dies and is rerun ends with bit-identical
-parameters, torch is never imported by training or generating, and two processes (jax.distributed on
-127.0.0.1) read disjoint shards that together cover the train split once. Tiny model, tiny hub layout."""
+"""Streaming training (data.streaming): the streamed train split covers every window once, shuffled, and resumes
+from a saved position on the same windows; end to end, a streamed run that dies and is rerun ends with
+bit-identical parameters, torch is never imported by training or generating, and two processes (jax.distributed
+on 127.0.0.1) read disjoint shards that together cover the train split once. Tiny model, tiny hub layout."""
 
 import json
 import os
@@ -13,10 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import TRAIN, rows
+from conftest import data_config as cfg
+
 from sashimi_jax import load_config, parallel, stream, train
 from sashimi_jax.evaluate import restore_for_eval
+from sashimi_jax.prepared import prepare
+from sashimi_jax.sources import DataError
 import test_train
-from test_hub import TRAIN, hub_dir  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = jax.devices("cpu")
@@ -30,6 +35,46 @@ TINY = [  # the tiny model of test_train, streamed, checkpoints every 2 steps
     "train.ckpt_every=2",
     "train.keep_ckpts=1",
 ]
+
+
+def test_streaming_val_test_fixed_and_train_covers_every_window(tmp_path, hub_dir):
+    full = prepare(cfg(tmp_path, f"hf:{hub_dir}"))
+    d = cfg(tmp_path, f"hf:{hub_dir}", streaming=True, shuffle_buffer=4)
+    streamed = prepare(d)
+    assert streamed.cache_path is None and len(streamed.train) == 0
+    np.testing.assert_array_equal(streamed.val, full.val)
+    np.testing.assert_array_equal(streamed.test, full.test)
+    feed = stream.StreamFeed(streamed.stream, d, 3, seed=0)
+    try:
+        epoch = [feed.next_batch() for _ in range(5)]  # 15 windows: one epoch
+    finally:
+        feed.close()
+    assert all(b.shape == (3, 4096) and b.dtype == np.int32 for b in epoch)
+    assert rows(np.concatenate(epoch)) == rows(full.train)  # every window once, shuffled
+    assert not np.array_equal(np.concatenate(epoch), np.asarray(full.train, np.int32))
+
+
+def test_stream_position_resumes_on_the_same_windows(tmp_path, hub_dir):
+    d = cfg(tmp_path, f"hf:{hub_dir}", streaming=True, shuffle_buffer=4)
+    source = prepare(d).stream
+
+    def read(n, position=None):
+        feed = stream.StreamFeed(source, d, 2, seed=3)
+        if position:
+            feed.restore(position)
+        try:
+            return [feed.next_batch() for _ in range(n)], feed.position()
+        finally:
+            feed.close()
+
+    straight, _ = read(12)  # 24 windows: into the second epoch
+    for cut in (1, 4, 7):  # mid-block, mid-row, and in the second block of a row
+        head, position = read(cut)
+        stream.save_position(tmp_path / "w", cut, position)
+        tail, _ = read(12 - cut, stream.load_position(tmp_path / "w", cut))
+        np.testing.assert_array_equal(np.stack(head + tail), np.stack(straight))
+    with pytest.raises(DataError, match="has no streaming data position"):
+        stream.load_position(tmp_path / "w", 99)
 
 
 @pytest.fixture
@@ -58,7 +103,7 @@ class Died(Exception):
     """Stands for kill -9: the process ends in the middle of a step, nothing more is saved."""
 
 
-def test_streamed_run_killed_and_rerun_is_bit_identical_without_torch(tmp_path, hub_dir, xla_cache, monkeypatch):  # noqa: F811
+def test_streamed_run_killed_and_rerun_is_bit_identical_without_torch(tmp_path, hub_dir, xla_cache, monkeypatch):
     cfg = load_config(REPO / "configs" / "demo.py", [*TINY, f"data.source=hf:{hub_dir}", f"data.cache_dir={tmp_path}/c"])
     run(cfg, tmp_path / "straight")
     step, straight = params_of(tmp_path / "straight")
@@ -104,13 +149,15 @@ import json, sys
 from sashimi_jax import parallel
 parallel.maybe_initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
 import jax
-from sashimi_jax import data, stream
+from sashimi_jax import stream
 from sashimi_jax.config import base_config
+from sashimi_jax.prepared import prepare
+from sashimi_jax.recordings import row_name
 d = base_config().data
 d.source, d.streaming, d.sample_len, d.chunk_seconds = "hf:" + sys.argv[3], True, 4096, 1.0
-source = data.prepare(d).stream
+source = prepare(d).stream
 part = stream.host_split(source.splits["train"], jax.process_index(), jax.process_count())
-names = [data.row_name(row["audio"], "train", i) for i, row in enumerate(part)]
+names = [row_name(row["audio"], "train", i) for i, row in enumerate(part)]
 feed = stream.StreamFeed(source, d, 2, 0, jax.process_index(), jax.process_count())
 shape = list(feed.next_batch().shape)
 feed.close()
@@ -124,7 +171,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_read_disjoint_shards_covering_the_data_once(tmp_path, hub_dir):  # noqa: F811
+def test_two_processes_read_disjoint_shards_covering_the_data_once(tmp_path, hub_dir):
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "HF_DATASETS_CACHE": str(tmp_path / "hf")}
     procs = [

@@ -1,0 +1,75 @@
+"""Training batches from prepared token windows, and the model inputs of a batch of targets.
+
+Batches are deterministic in (seed, epoch) and stateless in the step (:func:`batch_at`), so a run resumed at
+step s sees exactly the data an uninterrupted run would. Inputs are the targets shifted right by one with the
+mu-law zero first (:func:`shift_inputs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from sashimi_jax.mulaw import array_module
+from sashimi_jax.sources import DataError
+
+
+def num_batches(tokens: np.ndarray, batch_size: int, drop_last: bool = True) -> int:
+    """Batches per epoch over the windows of ``tokens`` (n, L)."""
+    n = len(tokens)
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The window order of one epoch: int64 (n,), a permutation fixed by (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(
+    tokens: np.ndarray, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = True
+) -> Iterator[np.ndarray]:
+    """Yield the batches of one epoch: int32 (batch_size, L) target windows (the last may be smaller
+    when ``drop_last`` is False). Deterministic in (seed, epoch); the same batches as :func:`batch_at`."""
+    order = epoch_order(len(tokens), seed, epoch, shuffle)
+    for b in range(num_batches(tokens, batch_size, drop_last)):
+        yield np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
+
+
+def batch_at(tokens: np.ndarray, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The training batch of global step ``step`` (shuffled, last partial batch dropped), stateless.
+
+    epoch = step // batches_per_epoch; the batch is that epoch's ``step % batches_per_epoch``-th batch
+    of :func:`batches`, so a run resumed at step s sees exactly the data an uninterrupted run would.
+
+    Returns:
+      int32 (batch_size, L) targets.
+    Raises:
+      DataError: fewer windows than ``batch_size``.
+    """
+    per_epoch = num_batches(tokens, batch_size)
+    if per_epoch == 0:
+        raise DataError(
+            f"the split has {len(tokens)} window(s), fewer than the batch size {batch_size}; "
+            "lower train.batch_size or data.sample_len, or add audio."
+        )
+    epoch, b = divmod(step, per_epoch)
+    order = epoch_order(len(tokens), seed, epoch)
+    return np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
+
+
+def shift_inputs(targets: Any, bits: int = 8) -> Any:
+    """Model inputs from targets: shifted right by one along the last axis, the mu-law zero first.
+
+    Args:
+      targets: int (..., L) NumPy or JAX array.
+    Returns:
+      int32 (..., L): inputs[..., 0] = 2**(bits-1) (128), inputs[..., t] = targets[..., t-1].
+    """
+    xp = array_module(targets)
+    targets = xp.asarray(targets, dtype=xp.int32)
+    first = xp.full(targets.shape[:-1] + (1,), 2 ** (bits - 1), dtype=xp.int32)
+    return xp.concatenate([first, targets[..., :-1]], axis=-1)

@@ -1,0 +1,117 @@
+"""Synthetic signals for ``data.source = "synthetic"``: deterministic music generated here, no files or network.
+
+``data.synthetic_signal`` picks one of :data:`SYNTHETIC_SIGNALS`: "band" (:func:`synthetic_music`, melody,
+bass, chords and drums) or "melody" (:func:`synthetic_melody`, one voice a small model learns in minutes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SYNTHETIC_SEED = 0  # the synthetic source is one fixed signal
+
+
+def _note(freq: float, seconds: float, sample_rate: int, harmonics: int, decay: float) -> np.ndarray:
+    """One plucked note: float64 (round(seconds * sample_rate),), harmonics 1/k, 5 ms attack, exp decay."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    ks = np.arange(1, harmonics + 1)
+    ks = ks[ks * freq < 0.45 * sample_rate]
+    tone = (np.sin(2 * np.pi * freq * ks[:, None] * t) / ks[:, None]).sum(axis=0)
+    return tone * np.minimum(t / 0.005, 1.0) * np.exp(-t / decay)
+
+
+def _add(out: np.ndarray, start: int, sound: np.ndarray) -> None:
+    """Mix ``sound`` into ``out`` from sample ``start`` on, cut at the end of ``out``."""
+    end = min(out.shape[0], start + sound.shape[0])
+    if start < end:
+        out[start:end] += sound[: end - start]
+
+
+def _nearest_chord_tone(degree: int, chord: int) -> int:
+    """The scale degree nearest to ``degree`` that belongs to the triad built on degree ``chord``."""
+    tones = [t for t in range(degree - 3, degree + 4) if (t - chord) % 7 in (0, 2, 4)]
+    return min(tones, key=lambda t: abs(t - degree))
+
+
+def synthetic_music(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A deterministic music-like signal: melody, bass, chords and drums in a changing key.
+
+    120 bpm in 4/4; a I-V-vi-IV progression (one chord per bar) that modulates every 8 bars; a bass
+    note on every beat, a random-walk melody in eighth notes on the scale (with rests), a soft chord
+    pad, a kick on beats 1 and 3 and a noise hi-hat on every eighth. Pitches, velocities and the
+    melody come from ``seed``; the same arguments always give the same samples.
+
+    Returns:
+      float32 (round(seconds * sample_rate),) with peak 0.9.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    out = np.zeros(n, np.float64)
+    beat = 0.5
+    major = np.array([0, 2, 4, 5, 7, 9, 11])
+    progression = (0, 4, 5, 3)
+    root = 45 + int(rng.integers(0, 12))  # MIDI note of the key's tonic, around A2
+    degree = 7
+
+    def hz(midi: float) -> float:
+        return 440.0 * 2 ** ((midi - 69) / 12)
+
+    def pitch(deg: int) -> int:
+        return root + 12 * (deg // 7) + int(major[deg % 7])
+
+    for bar in range(int(np.ceil(seconds / (4 * beat)))):
+        if bar and bar % 8 == 0:
+            root += int(rng.choice([-5, -2, 2, 5, 7]))
+            root = 40 + (root - 40) % 12
+        t0 = bar * 4 * beat
+        chord = progression[bar % 4]
+        for k in (0, 2, 4):
+            pad = _note(hz(pitch(chord + k) + 12), 4 * beat, sample_rate, 3, 1.5)
+            _add(out, int(t0 * sample_rate), 0.04 * pad)
+        for b in range(4):
+            bass = _note(hz(pitch(chord) - 12), beat, sample_rate, 6, 0.25)
+            _add(out, int((t0 + b * beat) * sample_rate), rng.uniform(0.2, 0.3) * bass)
+            if b in (0, 2):
+                t = np.arange(int(0.15 * sample_rate)) / sample_rate
+                kick = np.sin(2 * np.pi * (50 * t + 200 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.05)
+                _add(out, int((t0 + b * beat) * sample_rate), 0.5 * kick)
+        for e in range(8):
+            start = int((t0 + e * beat / 2) * sample_rate)
+            hat = rng.standard_normal(int(0.05 * sample_rate)) * np.exp(
+                -np.arange(int(0.05 * sample_rate)) / (0.008 * sample_rate)
+            )
+            _add(out, start, (0.06 if e % 2 else 0.1) * np.diff(hat, prepend=0.0))
+            degree = int(np.clip(degree + rng.choice([-2, -1, 0, 1, 1, 2]), 4, 16))
+            if e % 2 == 0:  # strong eighths land on a chord tone
+                degree = _nearest_chord_tone(degree, chord)
+            if rng.random() > 0.15:
+                lead = _note(hz(pitch(degree) + 12), beat * rng.choice([0.5, 1.0]), sample_rate, 4, 0.3)
+                _add(out, start, rng.uniform(0.35, 0.5) * lead)
+    return (0.9 * out / max(np.max(np.abs(out)), 1e-9)).astype(np.float32)
+
+
+def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A deterministic one-voice melody: plucked notes of a major scale that a small model learns in minutes.
+
+    A random walk over two octaves of A major (A3 to A5; steps of one or two scale degrees), each note a
+    quarter or an eighth at 120 bpm with three harmonics, a 0.3 s decay and a random velocity. Clear pitches
+    and no noise: what a 3-minute CPU demo can learn to generate as audible notes (see configs/demo.py).
+
+    Returns:
+      float32 (round(seconds * sample_rate),) with peak 0.9.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(round(seconds * sample_rate)), np.float64)
+    major = np.array([0, 2, 4, 5, 7, 9, 11])
+    degree, t = 7, 0.0
+    while t < seconds:
+        degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 14))
+        midi = 57 + 12 * (degree // 7) + int(major[degree % 7])
+        length = float(rng.choice([0.25, 0.5]))
+        note = _note(440.0 * 2 ** ((midi - 69) / 12), length, sample_rate, 3, 0.3)
+        _add(out, int(t * sample_rate), rng.uniform(0.6, 1.0) * note)
+        t += length
+    return (0.9 * out / max(np.max(np.abs(out)), 1e-9)).astype(np.float32)
+
+
+SYNTHETIC_SIGNALS = {"band": synthetic_music, "melody": synthetic_melody}  # data.synthetic_signal choices
