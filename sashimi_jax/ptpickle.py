@@ -5,13 +5,16 @@ globals of :data:`ALLOWED` (the data-only tensor rebuild functions, storage type
 ``collections.OrderedDict`` and a few inert builtins), each mapped to an inert stand-in of
 :mod:`sashimi_jax.pttensor`. Anything else (``os.system``, ``builtins.eval``, ``builtins.getattr``, an
 omegaconf config, a module class, ...) stops the load at the opcode that names it, before it is built,
-so no code from the file ever runs, and :func:`refusal` names the global in one sentence. :func:`flat_state_dict` then checks that the result is a flat dict of tensors.
+so no code from the file ever runs, and :func:`refusal` says in one sentence what the file is: unsafe
+content (a global that runs code), a TorchScript archive, a Lightning checkpoint with extra objects, or an
+unknown object. :func:`flat_state_dict` then checks that the result is a flat dict of tensors.
 """
 
 from __future__ import annotations
 
 import collections
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -35,7 +38,8 @@ from sashimi_jax.pttensor import (
 )
 
 __all__ = [
-    "ALLOWED", "RestrictedUnpickler", "clean", "flat_state_dict", "one_line", "refusal", "unpickle",
+    "ALLOWED", "RestrictedUnpickler", "clean", "flat_state_dict", "has_string", "is_lightning", "is_unsafe",
+    "one_line", "refusal", "unpickle",
 ]
 
 _RESAVE_HINT = 're-save only the weights with `torch.save(ckpt["state_dict"], path)` and load that file'
@@ -144,7 +148,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 # --------------------------------------------------------------------------------------------------
-# refusals: one sentence naming the global
+# refusals: one sentence that fits the case
 
 
 def clean(text: str, limit: int = 200) -> str:
@@ -158,16 +162,72 @@ def one_line(exc: BaseException) -> str:
     return clean(f"{type(exc).__name__}: {exc}")
 
 
+# Globals that run code, start processes, open files or sockets, or reach into other objects' attributes:
+# a pickle naming one (anywhere, under any key) is unsafe content, never a checkpoint with harmless extras.
+_UNSAFE_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "code", "codeop",
+    "pickle", "_pickle", "marshal", "ctypes", "webbrowser", "multiprocessing", "pdb", "bdb", "asyncio",
+    "threading", "_thread", "types", "functools", "operator", "_operator", "timeit", "cProfile", "profile",
+    "trace", "shelve", "dill", "cloudpickle", "commands", "popen2", "pip", "setuptools", "urllib", "http",
+    "requests", "zipimport",
+})
+_UNSAFE_NAMES = frozenset({
+    "system", "popen", "eval", "exec", "execfile", "compile", "__import__", "getattr", "setattr", "delattr",
+    "open", "load", "loads", "runstring", "run", "call", "check_call", "check_output", "spawn", "fork", "apply",
+    "attrgetter", "methodcaller", "import_module", "globals", "locals", "vars", "input", "breakpoint",
+})
+# Top-level keys every PyTorch Lightning checkpoint has beside its "state_dict".
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "epoch", "hyper_parameters", "optimizer_states")
+
+
+def is_unsafe(module: str, name: str) -> bool:
+    """Whether the global ``module.name`` runs code or reaches the system (os.system, builtins.eval, ...)."""
+    return (
+        module.split(".")[0] in _UNSAFE_MODULES
+        or name in _UNSAFE_NAMES
+        or name.startswith(("exec", "spawn", "popen"))
+    )
+
+
+def has_string(pickle_bytes: bytes, text: str) -> bool:
+    """Whether the pickle holds the string constant ``text`` (BINUNICODE, SHORT_BINUNICODE, UNICODE or
+    SHORT_BINSTRING opcode), i.e. as a whole string such as a dict key, not a substring of another."""
+    raw = text.encode("utf-8")
+    forms = (b"X" + struct.pack("<I", len(raw)) + raw, b"V" + raw + b"\n")
+    if len(raw) < 256:
+        forms += (b"\x8c" + bytes([len(raw)]) + raw, b"U" + bytes([len(raw)]) + raw)
+    return any(form in pickle_bytes for form in forms)
+
+
+def is_lightning(pickle_bytes: bytes | None) -> bool:
+    """Whether a pickle looks like a Lightning checkpoint: a ``state_dict`` key beside Lightning's own keys."""
+    return (
+        pickle_bytes is not None
+        and has_string(pickle_bytes, "state_dict")
+        and any(has_string(pickle_bytes, key) for key in _LIGHTNING_KEYS)
+    )
+
+
 def refusal(path: str, module: str, name: str, pickle_bytes: bytes | None) -> PtFileError:
-    """The one-sentence PtFileError for the global ``module.name`` outside the allow-list."""
+    """The one-sentence PtFileError for the global ``module.name`` outside the allow-list.
+
+    Unsafe globals (:func:`is_unsafe`) are named as malicious content whatever else the file holds; a
+    TorchScript archive and a Lightning checkpoint with extra objects get the re-save that fits them.
+    """
     target = clean(f"{module}.{name}")
+    if is_unsafe(module, name):
+        return PtFileError(
+            f"{path}: refused global `{target}`: the file holds unsafe, possibly malicious content that would "
+            "run code when loaded, so it will not be loaded; obtain the checkpoint from a trusted source, or re-save "
+            "a plain state_dict of tensors with `torch.save(model.state_dict(), path)`"
+        )
     msg = (
         f"{path}: refused global `{target}`: the file is not read because loading it would run code "
         "or build an unknown object (only tensors and plain containers are allowed)"
     )
     if module.startswith("__torch__"):
         msg += "; this looks like a TorchScript archive, so save `model.state_dict()` with `torch.save` instead"
-    elif pickle_bytes is not None and b"state_dict" in pickle_bytes:
+    elif is_lightning(pickle_bytes):
         msg += f"; this looks like a training (e.g. Lightning) checkpoint, so {_RESAVE_HINT}"
     return PtFileError(msg)
 

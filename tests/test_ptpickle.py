@@ -1,5 +1,6 @@
 """sashimi_jax.ptpickle: the restricted unpickler refuses every global outside its allow-list before it
-is built, with one sentence naming it, and accepts only a flat dict of tensors.
+is built, with one sentence that fits the file (malicious content, a Lightning checkpoint with extra
+objects, an unknown object), and accepts only a flat dict of tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from sashimi_jax.ptfile import PtFileError, read_state_dict
+from sashimi_jax.ptpickle import is_lightning, is_unsafe
 from helpers import G, Reduce, check_synthetic, dumps, one_sentence, synthetic_state, write_zip
 
 
@@ -101,3 +103,75 @@ def test_corrupt_data_pkl(tmp_path: Path) -> None:
         read_state_dict(path)
     assert "corrupt" in one_sentence(err, path)
 
+
+# ------------------------------------------------------------------------------------------------
+# the refusal sentence fits the case (issue 18, point 7)
+
+
+@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "eval"), ("subprocess", "Popen"),
+                                         ("numpy.testing._private.utils", "runstring")])
+def test_malicious_global_is_named_unsafe(tmp_path: Path, module: str, name: str) -> None:
+    """A pickle calling a global that runs code is called unsafe content that will not be loaded, with the
+    global named and the advice to get the file from a trusted source or re-save a plain state_dict."""
+    sentinel = tmp_path / "pwned"
+    sd, records = synthetic_state()
+    sd["evil"] = Reduce(G(module, name), (f"touch {sentinel}",))
+    path = write_zip(tmp_path / "evil.pt", sd, records)
+    with pytest.raises(PtFileError) as err:
+        read_state_dict(path)
+    msg = one_sentence(err, path)
+    assert f"`{module}.{name}`" in msg and "malicious" in msg and "will not be loaded" in msg
+    assert "trusted source" in msg and "plain state_dict of tensors" in msg
+    assert "Lightning" not in msg and 'ckpt["state_dict"]' not in msg
+    assert not sentinel.exists()
+
+
+def test_malicious_file_shaped_like_a_lightning_checkpoint_is_not_told_to_resave_the_weights(tmp_path: Path) -> None:
+    """The fault drill of issue 18: a Lightning-shaped file whose extra object calls os.system."""
+    sentinel = tmp_path / "pwned"
+    sd, records = synthetic_state()
+    ckpt = {"state_dict": sd, "epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.1.0",
+            "hyper_parameters": Reduce(G("os", "system"), (f"touch {sentinel}",))}
+    path = write_zip(tmp_path / "epoch=3.ckpt", ckpt, records)
+    with pytest.raises(PtFileError) as err:
+        read_state_dict(path)
+    msg = one_sentence(err, path)
+    assert "`os.system`" in msg and "malicious" in msg and "trusted source" in msg
+    assert "Lightning" not in msg and "re-save only the weights" not in msg
+    assert not sentinel.exists()
+
+
+def test_lightning_checkpoint_with_extra_objects_is_not_called_malicious(tmp_path: Path) -> None:
+    sd, records = synthetic_state()
+    ckpt = {"state_dict": sd, "epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.1.0",
+            "hyper_parameters": Reduce(G("pathlib", "PosixPath"), ("runs/x",))}
+    path = write_zip(tmp_path / "last.ckpt", ckpt, records)
+    with pytest.raises(PtFileError) as err:
+        read_state_dict(path)
+    msg = one_sentence(err, path)
+    assert "`pathlib.PosixPath`" in msg and "Lightning" in msg and 'torch.save(ckpt["state_dict"], path)' in msg
+    assert "malicious" not in msg
+
+
+def test_other_training_checkpoint_gets_no_lightning_advice(tmp_path: Path) -> None:
+    """A key that merely contains "state_dict" (``model_state_dict``) does not make a Lightning checkpoint."""
+    sd, records = synthetic_state()
+    ckpt = {"model_state_dict": sd, "epoch": 3, "args": Reduce(G("argparse", "Namespace"), ())}
+    path = write_zip(tmp_path / "train.pt", ckpt, records)
+    with pytest.raises(PtFileError) as err:
+        read_state_dict(path)
+    msg = one_sentence(err, path)
+    assert "`argparse.Namespace`" in msg and "unknown object" in msg
+    assert "Lightning" not in msg and "malicious" not in msg
+
+
+def test_unsafe_globals_and_lightning_keys() -> None:
+    for module, name in [("os", "system"), ("posix", "system"), ("builtins", "getattr"), ("builtins", "exec"),
+                         ("subprocess", "check_output"), ("functools", "partial"), ("torch", "load"), ("numpy", "load")]:
+        assert is_unsafe(module, name), (module, name)
+    for module, name in [("omegaconf.dictconfig", "DictConfig"), ("pathlib", "PosixPath"), ("argparse", "Namespace"),
+                         ("torch.nn.modules.linear", "Linear"), ("builtins", "complex")]:
+        assert not is_unsafe(module, name), (module, name)
+    assert is_lightning(dumps({"state_dict": {}, "global_step": 1}))
+    assert not is_lightning(dumps({"model_state_dict": {}, "global_step": 1}))
+    assert not is_lightning(dumps({"state_dict": {}})) and not is_lightning(None)
