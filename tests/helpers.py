@@ -1,0 +1,191 @@
+"""Shared test helpers: a torch-free writer of torch.save files, the official parity fixtures, and the
+official S4 kernel algorithm in numpy.
+
+The writer: a small pure-Python pickler emits the same opcodes torch.save does (GLOBAL
+torch._utils._rebuild_tensor_v2, BINPERSID storage ids, ...), and the zip layout is assembled by hand.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import sashimi_jax as sj
+from sashimi_jax import convert, official
+from sashimi_jax.config import base_config
+from sashimi_jax.ptfile import PtFileError
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = REPO.parent / "shared" / "parity"  # the official PyTorch code's weights, inputs and logits (e757cef)
+needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason=f"official parity fixtures not found at {PARITY}")
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+forward = nnx.jit(lambda model, tokens: model(tokens))  # the parallel (training) pass, compiled once
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny torch-free writer of torch.save files
+
+
+class G:
+    """A global ``module.name``, written as a GLOBAL opcode without importing ``module``."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any) -> Any:  # save_reduce insists on a callable
+        raise AssertionError("never called")
+
+
+class Storage:
+    """A storage persistent id: zip ``('storage', type, key, 'cpu', numel)``, legacy adds view metadata."""
+
+    def __init__(self, stype: str, key: str, numel: int, *, legacy: bool = False, view: Any = None) -> None:
+        self.stype, self.key, self.numel, self.legacy, self.view = stype, key, numel, legacy, view
+
+    def pid(self) -> tuple[Any, ...]:
+        module = "torch.storage" if self.stype == "UntypedStorage" else "torch"
+        base = ("storage", G(module, self.stype), self.key, "cpu", self.numel)
+        return base + (self.view,) if self.legacy else base
+
+
+class Reduce:
+    """An object pickled as ``func(*args)`` (REDUCE), optionally followed by BUILD ``state``."""
+
+    def __init__(self, func: G, args: tuple[Any, ...], state: Any = None) -> None:
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+class TorchPickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Pure-Python pickler that writes :class:`G` as GLOBAL and :class:`Storage` as BINPERSID."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        return obj.pid() if isinstance(obj, Storage) else None
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, G):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            return
+        super().save(obj, save_persistent_id)
+
+
+def dumps(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    TorchPickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def tensor(storage: Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> Reduce:
+    """What ``Tensor.__reduce_ex__`` emits for a plain CPU tensor."""
+    return Reduce(G("torch._utils", "_rebuild_tensor_v2"), (storage, offset, size, stride, False, collections.OrderedDict()))
+
+
+def write_zip(path: Path, obj: Any, records: dict[str, bytes], top: str = "archive", byteorder: str = "little",
+              pkl: bytes | None = None) -> Path:
+    """A torch zip checkpoint: ``top/data.pkl``, ``top/byteorder``, ``top/data/<key>``, ``top/version``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{top}/data.pkl", dumps(obj) if pkl is None else pkl)
+        zf.writestr(f"{top}/byteorder", byteorder)
+        for key, raw in records.items():
+            zf.writestr(f"{top}/data/{key}", raw)
+        zf.writestr(f"{top}/version", "3\n")
+        zf.writestr(f"{top}/.data/serialization_id", "0123456789")
+    return path
+
+
+BASE = (np.arange(12, dtype=np.float32) * 1.5 - 4.0)
+
+
+def synthetic_state(stype: str = "FloatStorage") -> tuple[collections.OrderedDict, dict[str, bytes]]:
+    """A float32 (3, 4) matrix, a transposed offset view of the same storage, a parameter, an int64 0-d."""
+    floats = Storage(stype, "0", 12)
+    longs = Storage("LongStorage", "1", 1)
+    sd = collections.OrderedDict()
+    sd["layer.weight"] = tensor(floats, 0, (3, 4), (4, 1))
+    sd["layer.weight_t"] = tensor(floats, 6, (3, 2), (1, 3))  # base[6:].reshape(2, 3).T
+    sd["layer.param"] = Reduce(G("torch._utils", "_rebuild_parameter"), (tensor(floats, 2, (5,), (2,)), True, collections.OrderedDict()))
+    sd["kernel.l_kernel"] = tensor(longs, 0, (), ())
+    return sd, {"0": BASE.tobytes(), "1": np.array([4096], np.int64).tobytes()}
+
+
+def check_synthetic(out: dict[str, np.ndarray]) -> None:
+    assert list(out) == ["layer.weight", "layer.weight_t", "layer.param", "kernel.l_kernel"]
+    np.testing.assert_array_equal(out["layer.weight"], BASE.reshape(3, 4))
+    np.testing.assert_array_equal(out["layer.weight_t"], BASE[6:].reshape(2, 3).T)
+    np.testing.assert_array_equal(out["layer.param"], BASE[2:12:2])
+    assert out["kernel.l_kernel"].shape == () and out["kernel.l_kernel"].dtype == np.int64
+    assert int(out["kernel.l_kernel"]) == 4096
+    for value in out.values():
+        assert isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.owndata
+    assert out["layer.weight"].dtype == np.float32
+
+
+def one_sentence(err: pytest.ExceptionInfo[PtFileError], path: Path) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and path.name in msg and len(msg.replace(str(path), "")) < 400, msg
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------
+# official models and state_dicts
+
+
+@functools.lru_cache(maxsize=None)
+def official_model(name: str):
+    """(model, cfg) holding the official ``<name>.pt`` weights (converted once per test session)."""
+    cfg, params = official.load_official(PARITY / f"{name}.pt")
+    model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))
+    gd, st, rest = nnx.split(model, nnx.Param, ...)
+    nnx.replace_by_pure_dict(st, params)
+    return nnx.merge(gd, st, rest), cfg
+
+
+@functools.lru_cache(maxsize=None)
+def small_state_dict():
+    """(model cfg, our parameters, their official state_dict) of a 1-layer d_model 8 model (seed 3)."""
+    cfg = base_config()
+    cfg.model.d_model, cfg.model.n_layers, cfg.model.d_state = 8, 1, 8
+    model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(3))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return cfg.model, params, convert.to_state_dict(params, cfg.model)
+
+
+# ------------------------------------------------------------------------------------------------
+# the official kernel algorithm
+
+
+def official_cauchy_kernel(lam, p, b, c_tilde, dt, length: int, dtype=np.complex64) -> np.ndarray:
+    """The official SSMKernelDPLR.forward (rate 1, the naive Cauchy kernel) in numpy: its operations in its
+    order and its precision (``dtype``: complex64 as the official code runs, or complex128).
+
+    Args: lam, p, b complex (N/2,) or (1, N/2) (Lambda, P, B); c_tilde complex (H, N/2) the stored
+      C~ = C (I - A_bar^L); dt real (H, 1); length L.
+    Returns: the (H, L) kernel, float32 (or float64 for complex128).
+    """
+    real = np.float32 if dtype == np.complex64 else np.float64
+    conj = lambda x: np.concatenate([x, x.conj()], axis=-1)  # noqa: E731  (_conj)
+    b, p, c = (np.asarray(v).astype(dtype) for v in (b, p, c_tilde))
+    dt = np.asarray(dt).astype(real)
+    # _omega: torch.tensor(exp(-2 pi i / L), cfloat) ** arange(L/2 + 1), a complex power exp(k log omega)
+    k = np.arange(length // 2 + 1).astype(dtype)
+    omega = np.exp(k * np.log(np.asarray(np.exp(-2j * np.pi / length), dtype))).astype(dtype)
+    z = (2 * (1 - omega) / (1 + omega)).astype(dtype)
+    a = (np.asarray(lam).astype(dtype) * dt).astype(dtype)  # (H, N)
+    bp = np.stack([np.broadcast_to(b, c.shape), np.broadcast_to(p, c.shape)])  # cat([B, P])
+    cq = np.stack([c, np.broadcast_to(p.conj(), c.shape)])  # cat([C, Q])
+    v = (bp[:, None] * cq[None] * dt).astype(dtype)  # (2, 2, H, N)
+    r = np.sum(conj(v)[..., None] / (z - conj(a)[:, :, None]), axis=-2)  # cauchy_naive: (2, 2, H, L/2 + 1)
+    k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])  # rank-1 Woodbury correction
+    k_f = k_f * 2 / (1 + omega)
+    return np.fft.irfft(k_f.astype(dtype), n=length).astype(real)  # (numpy < 2 transforms in float64)
