@@ -11,7 +11,7 @@ def get_config():
     c.name = "demo"  # run name
     c.model.d_model = 32  # narrow top tier (64 in the reference)
     c.model.n_layers = 1  # one (S4, FF) pair per tier
-    c.model.d_state = 32  # smaller state (64 in the reference)
+    c.model.d_state = 32  # smaller S4 state size N (64 in the reference)
     c.data.source = "synthetic"  # generated music-like signal: no download
     c.data.synthetic_signal = "melody"  # one plucked voice: notes a 3-minute model learns to play
     c.data.sample_len = 8192  # 0.5 s windows keep steps fast on a CPU

@@ -11,36 +11,36 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
-from sashimi_jax import cli
+from sashimi_jax import runtime, scripts
+from sashimi_jax.config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments/train.py.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "val", "train"], "Split to score.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global evaluation batch (0 = the run's train.batch_size).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint: best by val loss, or latest.")
-_CACHE = flags.DEFINE_string("compile_cache", cli.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
+_CACHE = flags.DEFINE_string("compile_cache", runtime.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
 
 
-def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}.", code=2)
-    cli.quiet_logs()
+def main(args: scripts.Parsed):
+    if len(args.argv) > 1:
+        scripts.fail(f"unexpected arguments {args.argv[1:]}.", code=2)
+    runtime.quiet_logs()
     if not _WORKDIR.value:
-        cli.fail("--workdir is required: pass the directory of a training run (e.g. runs/demo).", code=2)
+        scripts.fail("--workdir is required: pass the directory of a training run (e.g. runs/demo).", code=2)
     from sashimi_jax import checkpoint, data
-    from sashimi_jax.config import ConfigError
     from sashimi_jax.evaluate import evaluate_run
 
-    cli.enable_compile_cache(_CACHE.value)
+    runtime.enable_compile_cache(_CACHE.value)
     try:
         result = evaluate_run(_WORKDIR.value, _SPLIT.value, _BATCH.value, _WHICH.value)
     except ConfigError as err:
-        cli.fail(str(err), code=2)
+        scripts.fail(str(err), code=2)
     except (data.DataError, data.AudioError, checkpoint.WorkdirError) as err:
-        cli.fail(str(err))
+        scripts.fail(str(err))
     print(json.dumps(result, indent=1), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    scripts.run(main)

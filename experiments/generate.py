@@ -13,11 +13,12 @@
   --rank           none | filter | best: score each sample by the model's own log-likelihood (parallel mode)
                    and keep the best one ("best"), or drop the worst 40% and best 5% ("filter"); the dropped
                    files move to <out>/dropped/ and <out>/<name>_ranking.json lists every score
-  --chunk_seconds  samples produced per compiled call, written to disk as they come (default 1 s)
+  --seconds_per_call  seconds generated per compiled call, written to disk after each call
+                   (default: the run's sample.samples_per_call, 1 s)
   --which          best | latest checkpoint
 
 Writes <out>/sample_NN.wav (16-bit PCM, the run's sample rate, 16 kHz) and sample_NN.png (spectrogram).
-Exit status: 0 done; 1 a bad workdir / checkpoint / prompt file; 2 a bad flag value.
+Exit status: 0 done; 1 a bad workdir / checkpoint / prompt file; 2 a bad flag or flag value.
 
 Example (after ``python experiments/train.py``): python experiments/generate.py --temp 0.8 --top_p 0.95
 """
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
-from sashimi_jax import cli
+from sashimi_jax import runtime, scripts
+from sashimi_jax.config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (default: newest demo run).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default <workdir>/samples).")
@@ -41,44 +43,43 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Audio file to continue.")
 _PROMPT_SECONDS = flags.DEFINE_float("prompt_seconds", None, "Seconds of the prompt to use (default min(4, seconds/2)).")
 _RANK = flags.DEFINE_string("rank", "none", "none | filter | best (rank by the model's log-likelihood).")
-_CHUNK = flags.DEFINE_float("chunk_seconds", None, "Seconds generated per compiled call (default 1).")
+_PER_CALL = flags.DEFINE_float("seconds_per_call", None, "Seconds generated per compiled call (default 1).")
 _WHICH = flags.DEFINE_string("which", "best", "Checkpoint: best (by validation loss) or latest.")
 _SPEC = flags.DEFINE_bool("spectrogram", True, "Write a spectrogram PNG per sample.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_CACHE = flags.DEFINE_string("compile_cache", cli.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
+_CACHE = flags.DEFINE_string("compile_cache", runtime.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
 
 
-def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; flags look like --seconds=4.", code=2)
-    cli.quiet_logs()
-    cli.cpu_devices()  # a CPU device per core: a batch of streams is split across the cores
+def main(args: scripts.Parsed):
+    if len(args.argv) > 1:
+        scripts.fail(f"unexpected arguments {args.argv[1:]}; flags look like --seconds=4.", code=2)
+    runtime.quiet_logs()
+    runtime.cpu_devices()  # a CPU device per core: a batch of streams is split across the cores
     from sashimi_jax import checkpoint, data
     from sashimi_jax import generate as genlib
-    from sashimi_jax.config import ConfigError
     from sashimi_jax.sampling import SamplingError
 
     req = genlib.Request(
         workdir=_WORKDIR.value, out=_OUT.value, seconds=_SECONDS.value, num_samples=_NUM.value,
         temperature=_TEMP.value, top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value, prompt=_PROMPT.value,
-        prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, chunk_seconds=_CHUNK.value, which=_WHICH.value,
+        prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, chunk_seconds=_PER_CALL.value, which=_WHICH.value,
         spectrogram=_SPEC.value, progress=_PROGRESS.value,
     )
     try:
         genlib.check_request(req)
     except (genlib.GenerateError, SamplingError) as err:
-        cli.fail(str(err), code=2)
-    cli.enable_compile_cache(_CACHE.value)
+        scripts.fail(str(err), code=2)
+    runtime.enable_compile_cache(_CACHE.value)
     try:
         summary = genlib.run(req)
     except (SamplingError, ConfigError) as err:
-        cli.fail(str(err), code=2)
+        scripts.fail(str(err), code=2)
     except (genlib.GenerateError, checkpoint.WorkdirError, data.AudioError) as err:
-        cli.fail(str(err))
+        scripts.fail(str(err))
     print(json.dumps({k: summary[k] for k in ("files", "samples_per_second_per_stream", "prefill_seconds")}, indent=1))
     if "ranking" in summary:
         print(json.dumps(summary["ranking"], indent=1))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    scripts.run(main, aliases={"chunk_seconds": "seconds_per_call"})  # the old flag name, kept readable

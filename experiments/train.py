@@ -12,7 +12,7 @@
 
 Rerunning the same command resumes from the latest intact checkpoint (bit-identical to an uninterrupted run).
 Exit status: 0 done; 1 (with ``error: ...``) bad data, a workdir that is unwritable, held by another run, of
-another model or without an intact checkpoint, or a non-finite loss; 2 a bad config; 143 (128 + SIGTERM) or
+another model or without an intact checkpoint, or a non-finite loss; 2 a bad config key or value, or a bad flag; 143 (128 + SIGTERM) or
 130 (128 + SIGINT, Ctrl-C) stopped by that signal after writing a checkpoint (rerun to resume).
 
 Example: python experiments/train.py --config configs/bigband_2layer.py --config.model.n_layers=4 --workdir runs/x
@@ -23,51 +23,45 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from sashimi_jax import cli
+from sashimi_jax import runtime, scripts
+from sashimi_jax.config import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 
-if __name__ == "__main__":  # before config_flags reads the overrides: one-sentence errors instead of tracebacks
-    cli.precheck_config(sys.argv[1:], DEFAULT_CONFIG)
-
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (default configs/demo.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
-_CACHE = flags.DEFINE_string("compile_cache", cli.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
+_CACHE = flags.DEFINE_string("compile_cache", runtime.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic_gpu", True, "Deterministic GPU reductions/scatters (bit-identical resumes; a little slower)."
 )
 
 
-def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; flags look like --config.train.lr=0.001.", code=2)
-    cli.quiet_logs()
+def main(args: scripts.Parsed):
+    if len(args.argv) > 1:
+        scripts.fail(f"unexpected arguments {args.argv[1:]}; flags look like --config.train.lr=0.001.", code=2)
+    runtime.quiet_logs()
     from sashimi_jax import checkpoint, data, parallel, train
-    from sashimi_jax.config import ConfigError, check_config
 
+    cfg = args.config
     try:
-        cfg = _CONFIG.value
-        check_config(cfg)
-        cli.deterministic_gpu(_DETERMINISTIC.value)
+        runtime.deterministic_gpu(_DETERMINISTIC.value)
         parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
-        cli.enable_compile_cache(_CACHE.value)
+        runtime.enable_compile_cache(_CACHE.value)
         summary = train.train(cfg, _WORKDIR.value or train.default_workdir(cfg))
     except ConfigError as err:
-        cli.fail(str(err), code=2)
+        scripts.fail(str(err), code=2)
     except (data.DataError, data.AudioError, checkpoint.WorkdirError, train.TrainError) as err:
-        cli.fail(str(err))
+        scripts.fail(str(err))
     import jax
 
     if jax.process_index() == 0:
         print_summary(summary)
     if "stopped_by" in summary:  # a checkpointed stop is no success: schedulers requeue on 128 + signal
-        sys.exit(cli.signal_exit_code(summary["stopped_by"]))
+        sys.exit(scripts.signal_exit_code(summary["stopped_by"]))
 
 
 def print_summary(summary: dict) -> None:
@@ -82,4 +76,4 @@ def print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    scripts.run(main, config_default=DEFAULT_CONFIG)

@@ -1,17 +1,27 @@
-"""Configuration: the one commented default every config file starts from, and the loader.
+"""Configuration: the one commented default every config file starts from, and the one parser.
 
 Config files in ``configs/`` are ml_collections files with a ``get_config()`` that starts from
 :func:`base_config` and changes a few fields. The returned ConfigDict is *locked*: setting or
 overriding a key that does not exist raises, so a typo never passes silently.
+
+One parser reads them: ml_collections' ``config_flags``, in :func:`parse_config_flags`, for the command
+line (``--config=FILE --config.model.n_layers=4``) and for :func:`load_config` from Python alike. Its
+type rules (text parsed by the field's type; an int is taken for a float, a list for a tuple) are
+ConfigDict's own, which :func:`config_from_dict` applies to a saved ``config.json`` as well. Renamed keys
+keep their old name as a read alias (:data:`ALIASES`). Every failure is a :class:`ConfigError` of one sentence.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from typing import Iterable
+import re
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.streaming = False  # train from an hf: source as it streams (no full download); val/test are read once
     d.shuffle_buffer = 256  # streaming: windows shuffled together in one block (more mixes more, costs memory)
     d.sample_rate = 16000  # audio is resampled to this rate (Hz)
-    d.chunk_seconds = 60.0  # long recordings are cut into chunks of this many seconds ("files")
+    d.chunk_seconds = 60.0  # long recordings are cut into chunks of this many seconds (the "files" of the splits)
     d.sample_len = 131072  # training window length in samples (reference: 131072 = 8.2 s)
     d.bits = 8  # mu-law bits (256 classes)
     d.train_frac = 0.88  # fraction of files (natural sort order) in the training split
@@ -83,15 +93,22 @@ def base_config() -> ml_collections.ConfigDict:
     t.ckpt_every = 1000  # steps between checkpoints (a final one is always written)
     t.keep_ckpts = 3  # most recent checkpoints kept (the best by validation loss is kept too)
 
-    # ---------------------------------------------------------------- generation
+    # ---------------------------------------------------------------- generation (sampling)
     g = c.sample = ml_collections.ConfigDict()
     g.temperature = 1.0  # softmax temperature (0 = greedy); reference default 1.0
     g.top_p = 1.0  # nucleus sampling mass (1.0 = off); reference default 1.0
     g.top_k = 0  # keep only the k most likely tokens (0 = off)
-    g.seconds = 10.0  # length of each generated sample, prompt included
-    g.num_samples = 4  # samples generated in one batch
-    g.chunk_samples = 16000  # samples produced per compiled call (written to disk as they come)
+    g.seconds = 10.0  # length of each generated audio file, prompt included
+    g.num_samples = 4  # audio files generated together in one batch (one stream each)
+    g.samples_per_call = 16000  # samples generated per compiled call (written to disk after each call)
     return c
+
+
+# Renamed keys: old name -> new name. A config.json or a --config.OLD=V override that uses the old name still
+# loads, into the new key (with a one-line note on the command line).
+ALIASES = {
+    "sample.chunk_samples": "sample.samples_per_call",  # a "chunk" is a piece of a recording (data.chunk_seconds)
+}
 
 
 def lock(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -130,63 +147,165 @@ def redact(data: dict, prefix: str = "") -> dict:
     return out
 
 
+# ---------------------------------------------------------------- the parser
+
+CONFIG_HELP = "Config file (ml_collections); override any field with --config.KEY=VALUE, e.g. --config.model.n_layers=4"
+
+
+def rename_flags(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
+    """``argv`` with every flag named by an old name written with its new one (``--OLD``, ``--OLD=V``, ``-OLD``,
+    ``--noOLD``), and a one-line note on stderr for each; arguments after ``--`` are left alone."""
+    out, args = [], list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        dashes = arg[: len(arg) - len(arg.lstrip("-"))]
+        name, eq, value = arg[len(dashes) :].partition("=")
+        no = "no" if name.startswith("no") and name not in renames and name[2:] in renames else ""  # --noBOOL
+        old = name[len(no) :]
+        if dashes in ("-", "--") and old in renames:
+            print(f"note: --{old} is now --{renames[old]} (the old name still works).", file=sys.stderr, flush=True)
+            arg = f"{dashes}{no}{renames[old]}{eq}{value}"
+        out.append(arg)
+    return out
+
+
+def parse_config_flags(
+    argv: Sequence[str], default: str | None = None, flag_values: flags.FlagValues | None = None, name: str = "config"
+) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """Parse ``--config=FILE`` and its ``--config.KEY=VALUE`` overrides with ml_collections' config_flags.
+
+    Args:
+      argv: the command line, program name first. Old key names (:data:`ALIASES`) are read as the new ones.
+      default: the config file when ``argv`` names none.
+      flag_values: where to define the ``--config`` flag (absl's ``FLAGS`` for a script, whose other flags are
+        then parsed in the same pass; default: a private set that knows only ``--config``).
+    Returns:
+      (the locked, checked config, the arguments left: the program name and positional arguments).
+    Raises:
+      ConfigError: a missing or broken config file, an unknown key or a value of the wrong type (one sentence).
+      absl.flags.Error: a bad flag other than the config's.
+    """
+    argv = rename_flags(argv, {f"{name}.{old}": f"{name}.{new}" for old, new in ALIASES.items()})
+    values = flags.FlagValues() if flag_values is None else flag_values
+    sys.modules.pop(f"{name}_config", None)  # config_flags loads the file as this module: never reuse another file's
+    try:
+        with warnings.catch_warnings():  # config_flags loads the file with importlib's deprecated load_module()
+            warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+            holder = config_flags.DEFINE_config_file(name, default, CONFIG_HELP, flag_values=values, sys_argv=argv)
+            values.register_key_flag_for_module(argv[0], values[name])  # --help lists it with the script's flags
+            rest = values(argv)
+        cfg = holder.value
+        check_config(cfg)
+    except (flags.Error, AttributeError, KeyError, OSError) as err:
+        raise _config_error(err, argv, name) from None
+    return cfg, rest
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Load ``get_config()`` from a config file and apply ``key.path=value`` overrides.
+    """Load ``get_config()`` from a config file and apply ``key.path=value`` overrides, as the command line does.
 
     Args:
       path: a Python file in the style of ``configs/demo.py``.
-      overrides: strings like ``"model.n_layers=4"`` (values parsed as Python literals when possible).
+      overrides: strings like ``"model.n_layers=4"`` (a leading ``config.`` is allowed), parsed as
+        ``--config.model.n_layers=4`` is: by the field's type.
     Returns:
       A locked ``ml_collections.ConfigDict``.
     Raises:
       ConfigError: unknown key, missing file, or a value of the wrong type.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist; pass a file such as configs/demo.py.")
-    spec = importlib.util.spec_from_file_location("_sashimi_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config(); define one returning a ConfigDict.")
-    cfg = lock(module.get_config())
+    argv = ["load_config", f"--config={os.fspath(path)}"]
     for item in overrides:
-        apply_override(cfg, item)
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value.")
+        argv.append("--config." + item.strip().removeprefix("config."))
+    return parse_config_flags(argv)[0]
+
+
+def config_from_dict(data: Mapping) -> ml_collections.ConfigDict:
+    """A locked config from saved config data (a run's ``config.json``), on top of :func:`base_config`.
+
+    Keys the schema does not know are skipped (an older or newer run), old key names (:data:`ALIASES`) are
+    read into the new keys, and redacted secrets keep their default. Values follow the command line's type
+    rules (ConfigDict's: an int is taken for a float, a list for a tuple; nothing else changes type).
+
+    Raises:
+      ConfigError: a value of the wrong type, or a config the model cannot build.
+    """
+    cfg = base_config()
+    for key, value in _leaves(data):
+        key = ALIASES.get(key, key)
+        if not _has_key(cfg, key) or (value == REDACTED and is_secret_key(key)):
+            continue
+        expected = type(_field(cfg, key))
+        if isinstance(value, bool) and expected is not bool:  # ConfigDict takes True for 1; the command line does not
+            raise ConfigError(_type_sentence(key, expected, value))
+        try:
+            cfg.update_from_flattened_dict({key: value})
+        except TypeError:
+            raise ConfigError(_type_sentence(key, expected, value)) from None
+    cfg = lock(cfg)
     check_config(cfg)
     return cfg
 
 
-def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
-    """Apply one ``dotted.key=value`` override in place, refusing unknown keys."""
-    import ast
+def _leaves(data: Mapping, prefix: str = ""):
+    """Yield ("a.b", value) for every leaf of nested config data."""
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value.")
-    key, raw = item.split("=", 1)
-    key = key.strip().removeprefix("config.")
-    node, *_ = [cfg]
-    parts = key.split(".")
-    for p in parts[:-1]:
-        if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-            raise ConfigError(f"unknown config key {key!r}; see the fields in sashimi_jax/config.py.")
-        node = node[p]
-    if parts[-1] not in node:
-        raise ConfigError(f"unknown config key {key!r}; see the fields in sashimi_jax/config.py.")
+
+def _field(cfg: ml_collections.ConfigDict, key: str):
+    """The value at dotted ``key`` (KeyError if there is none)."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def _has_key(cfg: ml_collections.ConfigDict, key: str) -> bool:
     try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    old = node[parts[-1]]
-    if isinstance(old, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(old, str) and not isinstance(value, str):
-        value = raw
-    if old is not None and type(value) is not type(old):
-        raise ConfigError(f"config key {key!r} expects {type(old).__name__}, got {raw!r}.")
-    with node.unlocked():
-        node[parts[-1]] = value
+        _field(cfg, key)
+    except KeyError:
+        return False
+    return True
+
+
+def _type_sentence(key: str, expected: type, got) -> str:
+    return f"config key {key!r} expects {expected.__name__}, got {got!r}."
+
+
+def _config_error(err: Exception, argv: Sequence[str], name: str) -> Exception:
+    """The one-sentence ConfigError for a config_flags failure, or ``err`` itself for another flag's failure."""
+    text = str(err.args[0]) if err.args else str(err)
+    last = text.strip().splitlines()[-1].strip() if text.strip() else type(err).__name__
+    if isinstance(err, OSError):
+        found = re.search(r"\[Errno \d+\] ([^:\n]*): '(.*)'", text)
+        path, why = (found[2], found[1]) if found else ("", last)
+        if why == "No such file or directory":
+            return ConfigError(f"config file {path!r} does not exist; pass a file such as configs/demo.py.")
+        return ConfigError(f"cannot read config file {path!r} ({why}); pass a file such as configs/demo.py.")
+    if isinstance(err, (AttributeError, KeyError)):
+        if "get_config" in text:
+            return ConfigError("the config file has no get_config(); define one returning a ConfigDict.")
+        keys = [m[1] for m in (re.match(rf"--?(?:no)?{name}\.([^=]+)", a) for a in argv) if m]
+        schema = base_config()
+        unknown = next((k for k in keys if not _has_key(schema, k)), text.splitlines()[0].strip("'\""))
+        return ConfigError(f"unknown config key {unknown!r}; see the fields in sashimi_jax/config.py.")
+    bad_value = re.match(rf"flag --(?:no)?{name}\.([^=]+)=(.*?): ", text, re.S)
+    if bad_value:
+        key, raw = bad_value[1], bad_value[2]
+        schema = base_config()
+        expected = type(_field(schema, key)) if _has_key(schema, key) else None
+        return ConfigError(_type_sentence(key, expected, raw) if expected else f"config key {key!r}: {last}.")
+    if text.startswith(f"flag --{name}="):
+        return ConfigError(f"the config file failed to load: {last}; fix it or pass another --{name}.")
+    return err
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
