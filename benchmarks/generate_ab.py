@@ -88,9 +88,9 @@ def main() -> None:
     p.add_argument("--out", default="", help="also write the JSON here")
     a = p.parse_args()
     sys.path.insert(0, str(REPO))
-    from sashimi_jax import cli
+    from sashimi_jax import runtime
 
-    cli.cpu_devices(None)  # as experiments/generate.py: a CPU device per core
+    runtime.cpu_devices(None)  # as experiments/generate.py: a CPU device per core
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         old_pkg, old_configs = export(a.against, Path(tmp))

@@ -124,9 +124,9 @@ def main() -> None:
     a = p.parse_args()
     sampling = [a.temp, a.top_p, a.top_k]
     if a.case:
-        from sashimi_jax import cli
+        from sashimi_jax import runtime
 
-        cli.cpu_devices(a.cpu_devices or None)  # as experiments/generate.py: a CPU device per core
+        runtime.cpu_devices(a.cpu_devices or None)  # as experiments/generate.py: a CPU device per core
         config, batch = a.case.split(":")
         from sashimi_jax.sample import DEFAULT_REPS
 

@@ -34,11 +34,11 @@ def main(args: scripts.Parsed):
     if not _WORKDIR.value:
         scripts.fail("--workdir is required: the directory to write the converted run into.", code=2)
     runtime.quiet_logs()
-    from sashimi_jax import checkpoint, convert, ptfile
+    from sashimi_jax import checkpoint, convert, convert_run, ptfile
 
     try:
         cfg = load_config(_CONFIG.value, _SET.value) if _CONFIG.value else None
-        result = convert.write_run(args.argv[1], _WORKDIR.value, cfg)
+        result = convert_run.write_run(args.argv[1], _WORKDIR.value, cfg)
     except ConfigError as err:
         scripts.fail(str(err), code=2)
     except (ptfile.PtFileError, convert.ConvertError, checkpoint.WorkdirError) as err:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sashimi_jax import s4 as s4lib
+from sashimi_jax import ssm
 
 __all__ = ["ConvertError", "Entry", "get_path", "layout", "to_params", "to_state_dict", "true_c"]
 
@@ -129,7 +129,7 @@ def _transition64(lam_re_log: np.ndarray, lam_im: np.ndarray, p: np.ndarray, log
     with jax.enable_x64(True):
         lam = -np.exp(lam_re_log.astype(np.float64)) + 1j * lam_im.astype(np.float64)
         pc = p[..., 0].astype(np.float64) + 1j * p[..., 1].astype(np.float64)
-        return np.asarray(s4lib.real_transition(jnp.asarray(lam), jnp.asarray(pc), jnp.exp(jnp.asarray(log_dt, jnp.float64))))
+        return np.asarray(ssm.real_transition(jnp.asarray(lam), jnp.asarray(pc), jnp.exp(jnp.asarray(log_dt, jnp.float64))))
 
 
 def true_c(c_pairs: np.ndarray, a: np.ndarray, length: int) -> np.ndarray:
@@ -140,10 +140,10 @@ def true_c(c_pairs: np.ndarray, a: np.ndarray, length: int) -> np.ndarray:
     """
     with jax.enable_x64(True):
         c = c_pairs[..., 0].astype(np.float64) + 1j * c_pairs[..., 1].astype(np.float64)
-        cr = np.asarray(s4lib.readout_real(jnp.asarray(c)))
+        cr = np.asarray(ssm.readout_real(jnp.asarray(c)))
         m = np.eye(a.shape[-1]) - np.stack([np.linalg.matrix_power(ah, int(length)) for ah in a])
         cr = np.linalg.solve(np.swapaxes(m, -1, -2), cr[..., None])[..., 0]  # row c = c~ m^{-1}
-        c = np.asarray(s4lib.readout_complex(jnp.asarray(cr)))
+        c = np.asarray(ssm.readout_complex(jnp.asarray(cr)))
     return np.stack([c.real, c.imag], axis=-1).astype(np.float32)
 
 

@@ -17,7 +17,7 @@ import soundfile as sf
 from flax import nnx
 from reference import run
 
-from sashimi_jax import SaShiMi, load_config
+from sashimi_jax import SaShiMi, frames, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
@@ -53,7 +53,7 @@ def data_config(tmp_path, source, **overrides):
 
 DEMO = config_path("demo")
 # A tiny model with the reference's tier layout (pool 4, 4: tiers at 1/1, 1/4 and 1/16 of the rate).
-TINY = ["model.d_model=16", "model.n_layers=1", "model.d_state=8", "sample.chunk_samples=4096"]
+TINY = ["model.d_model=16", "model.n_layers=1", "model.d_state=8", "sample.samples_per_call=4096"]
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,30 @@ def stepped(model):
     graphdef, params = nnx.split(model)
     fn = jax.jit(lambda params, tokens: run(nnx.merge(graphdef, params), tokens))
     return lambda tokens: fn(params, jnp.asarray(tokens, jnp.int32))
+
+
+def teacher_forced(model, centre_steps: int):
+    """jitted: int32 inputs (B, L) -> (logits (L, B, C), state) by frames whose choose() feeds the inputs."""
+    graphdef, params = nnx.split(model)
+    plan = frames.plan(model, centre_steps)
+
+    @jax.jit
+    def run(params, tokens):
+        m = nnx.merge(graphdef, params)
+        ops = m.segments(plan.steps)
+        f, b = plan.samples, tokens.shape[0]
+
+        def body(state, tk):  # tk (F, B): the frame's inputs; choose feeds them (teacher forcing)
+            def choose(j, lg):
+                return jax.lax.dynamic_index_in_dim(tk, jnp.minimum(j + 1, f - 1), keepdims=False)
+
+            _, state, logits = frames.frame(m, ops, plan, state, tk[0], choose, return_logits=True)
+            return state, logits
+
+        state, lg = jax.lax.scan(body, m.zero_state(b, plan.steps), tokens.T.reshape(-1, f, b))
+        return lg.reshape(tokens.shape[1], b, -1), state
+
+    return lambda tokens: run(params, tokens)
 
 
 # ------------------------------------------------------------------ audio files and a hub dataset layout

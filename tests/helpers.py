@@ -1,5 +1,4 @@
-"""Shared test helpers: a torch-free writer of torch.save files, the official parity fixtures, and the
-official S4 kernel algorithm in numpy.
+"""Shared test helpers: a torch-free writer of torch.save files and the official parity fixtures.
 
 The writer: a small pure-Python pickler emits the same opcodes torch.save does (GLOBAL
 torch._utils._rebuild_tensor_v2, BINPERSID storage ids, ...), and the zip layout is assembled by hand.
@@ -159,33 +158,3 @@ def small_state_dict():
     model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return cfg.model, params, convert.to_state_dict(params, cfg.model)
-
-
-# ------------------------------------------------------------------------------------------------
-# the official kernel algorithm
-
-
-def official_cauchy_kernel(lam, p, b, c_tilde, dt, length: int, dtype=np.complex64) -> np.ndarray:
-    """The official SSMKernelDPLR.forward (rate 1, the naive Cauchy kernel) in numpy: its operations in its
-    order and its precision (``dtype``: complex64 as the official code runs, or complex128).
-
-    Args: lam, p, b complex (N/2,) or (1, N/2) (Lambda, P, B); c_tilde complex (H, N/2) the stored
-      C~ = C (I - A_bar^L); dt real (H, 1); length L.
-    Returns: the (H, L) kernel, float32 (or float64 for complex128).
-    """
-    real = np.float32 if dtype == np.complex64 else np.float64
-    conj = lambda x: np.concatenate([x, x.conj()], axis=-1)  # noqa: E731  (_conj)
-    b, p, c = (np.asarray(v).astype(dtype) for v in (b, p, c_tilde))
-    dt = np.asarray(dt).astype(real)
-    # _omega: torch.tensor(exp(-2 pi i / L), cfloat) ** arange(L/2 + 1), a complex power exp(k log omega)
-    k = np.arange(length // 2 + 1).astype(dtype)
-    omega = np.exp(k * np.log(np.asarray(np.exp(-2j * np.pi / length), dtype))).astype(dtype)
-    z = (2 * (1 - omega) / (1 + omega)).astype(dtype)
-    a = (np.asarray(lam).astype(dtype) * dt).astype(dtype)  # (H, N)
-    bp = np.stack([np.broadcast_to(b, c.shape), np.broadcast_to(p, c.shape)])  # cat([B, P])
-    cq = np.stack([c, np.broadcast_to(p.conj(), c.shape)])  # cat([C, Q])
-    v = (bp[:, None] * cq[None] * dt).astype(dtype)  # (2, 2, H, N)
-    r = np.sum(conj(v)[..., None] / (z - conj(a)[:, :, None]), axis=-2)  # cauchy_naive: (2, 2, H, L/2 + 1)
-    k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])  # rank-1 Woodbury correction
-    k_f = k_f * 2 / (1 + omega)
-    return np.fft.irfft(k_f.astype(dtype), n=length).astype(real)  # (numpy < 2 transforms in float64)

@@ -6,8 +6,8 @@
   samples, S4 segments in matrix form) and prompt prefill are compared with it.
 * :func:`c_tilde` -- the reference's attuned read-out C~ = C (I - A_bar^L).
 * float64 numpy S4: :func:`legs_closed_form` (HiPPO-LegS entry by entry), :func:`dense_system` /
-  :func:`dense_kernel` (dense solves and matrix powers), :func:`reference_cauchy_kernel` (the reference's
-  Cauchy/Woodbury algorithm), :func:`random_ssm` (test systems).
+  :func:`dense_kernel` (dense solves and matrix powers), :func:`official_cauchy_kernel` (the official
+  SSMKernelDPLR.forward, its Cauchy/Woodbury algorithm in its own order and precision), :func:`random_ssm` (test systems).
 
 The step keeps its own state layout (:class:`RefState`, batch first); :func:`assert_same_state` compares it
 with the package's :class:`sashimi_jax.sashimi.SaShiMiState`.
@@ -222,14 +222,27 @@ def random_ssm(n, h, seed):
     return lam, p, b, c, dt
 
 
-def reference_cauchy_kernel(lam, p, b, c_tilde, dt, length):
-    """The reference's algorithm in float64: the Cauchy/Woodbury generating function of C~ at the roots of
-    unity, the bilinear correction 2 / (1 + omega), an inverse real FFT (one channel)."""
-    omega = np.exp(-2j * np.pi * np.arange(length // 2 + 1) / length)
-    z = 2 * (1 - omega) / (1 + omega)
-    lf, pf, bf = (np.concatenate([v, v.conj()]) for v in (lam, p, b))
-    cf = np.concatenate([c_tilde, c_tilde.conj()])
-    cauchy = 1.0 / (z[:, None] - dt * lf[None, :])
-    r = lambda u, v: (cauchy * (u * v)[None]).sum(-1) * dt  # noqa: E731
-    k_f = r(cf, bf) - r(cf, pf) * r(pf.conj(), bf) / (1 + r(pf.conj(), pf))
-    return np.fft.irfft(k_f * 2 / (1 + omega), n=length)
+def official_cauchy_kernel(lam, p, b, c_tilde, dt, length: int, dtype=np.complex64) -> np.ndarray:
+    """The official SSMKernelDPLR.forward (rate 1, the naive Cauchy kernel) in numpy: its operations in its
+    order and its precision (``dtype``: complex64 as the official code runs, or complex128).
+
+    Args: lam, p, b complex (N/2,) or (1, N/2) (Lambda, P, B); c_tilde complex (H, N/2) the stored
+      C~ = C (I - A_bar^L); dt real (H, 1); length L.
+    Returns: the (H, L) kernel, float32 (or float64 for complex128).
+    """
+    real = np.float32 if dtype == np.complex64 else np.float64
+    conj = lambda x: np.concatenate([x, x.conj()], axis=-1)  # noqa: E731  (_conj)
+    b, p, c = (np.asarray(v).astype(dtype) for v in (b, p, c_tilde))
+    dt = np.asarray(dt).astype(real)
+    # _omega: torch.tensor(exp(-2 pi i / L), cfloat) ** arange(L/2 + 1), a complex power exp(k log omega)
+    k = np.arange(length // 2 + 1).astype(dtype)
+    omega = np.exp(k * np.log(np.asarray(np.exp(-2j * np.pi / length), dtype))).astype(dtype)
+    z = (2 * (1 - omega) / (1 + omega)).astype(dtype)
+    a = (np.asarray(lam).astype(dtype) * dt).astype(dtype)  # (H, N)
+    bp = np.stack([np.broadcast_to(b, c.shape), np.broadcast_to(p, c.shape)])  # cat([B, P])
+    cq = np.stack([c, np.broadcast_to(p.conj(), c.shape)])  # cat([C, Q])
+    v = (bp[:, None] * cq[None] * dt).astype(dtype)  # (2, 2, H, N)
+    r = np.sum(conj(v)[..., None] / (z - conj(a)[:, :, None]), axis=-2)  # cauchy_naive: (2, 2, H, L/2 + 1)
+    k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])  # rank-1 Woodbury correction
+    k_f = k_f * 2 / (1 + omega)
+    return np.fft.irfft(k_f.astype(dtype), n=length).astype(real)  # (numpy < 2 transforms in float64)

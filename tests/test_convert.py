@@ -20,13 +20,14 @@ import sashimi_jax as sj
 from sashimi_jax import convert, ptfile
 from sashimi_jax import s4 as s4lib
 from conftest import config_path
-from helpers import PARITY, REPO, needs_parity, official_cauchy_kernel, official_model, small_state_dict
+from helpers import PARITY, REPO, needs_parity, official_model, small_state_dict
+from reference import official_cauchy_kernel
 
 
 def official_kernel(state_dict: dict, prefix: str, dtype=np.complex64) -> np.ndarray:
     """The official SSMKernelDPLR.forward (rate 1, length ``l_kernel``) of the S4 layer under ``prefix``, from its
     stored parameters (C~, inv_dt, A_real, A_imag, B, P) in the official precision (complex64), by
-    :func:`helpers.official_cauchy_kernel`. Returns the (H, L) kernel, float32 (or float64 for complex128)."""
+    :func:`reference.official_cauchy_kernel`. Returns the (H, L) kernel, float32 (or float64 for complex128)."""
     real = np.float32 if dtype == np.complex64 else np.float64
     get = lambda k: np.asarray(state_dict[prefix + k])  # noqa: E731
     cplx = lambda x: (x[..., 0].astype(real) + 1j * x[..., 1].astype(real)).astype(dtype)  # noqa: E731

@@ -7,35 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import shifted
+from conftest import shifted, teacher_forced
 from flax import nnx
 from reference import assert_same_state
 
 from sashimi_jax import frames
-
-
-def teacher_forced(model, centre_steps: int):
-    """jitted: int32 inputs (B, L) -> (logits (L, B, C), state) by frames whose choose() feeds the inputs."""
-    graphdef, params = nnx.split(model)
-    plan = frames.plan(model, centre_steps)
-
-    @jax.jit
-    def run(params, tokens):
-        m = nnx.merge(graphdef, params)
-        ops = m.segments(plan.steps)
-        f, b = plan.samples, tokens.shape[0]
-
-        def body(state, tk):  # tk (F, B): the frame's inputs; choose feeds them (teacher forcing)
-            def choose(j, lg):
-                return jax.lax.dynamic_index_in_dim(tk, jnp.minimum(j + 1, f - 1), keepdims=False)
-
-            _, state, logits = frames.frame(m, ops, plan, state, tk[0], choose, return_logits=True)
-            return state, logits
-
-        state, lg = jax.lax.scan(body, m.zero_state(b, plan.steps), tokens.T.reshape(-1, f, b))
-        return lg.reshape(tokens.shape[1], b, -1), state
-
-    return lambda tokens: run(params, tokens)
 
 
 @pytest.mark.parametrize("reps", [1, 4, 8])

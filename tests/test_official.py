@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from conftest import teacher_forced
+from helpers import PARITY, forward, needs_parity, official_model, small_state_dict
 
 import sashimi_jax as sj
-from sashimi_jax import official
-from helpers import PARITY, forward, needs_parity, official_model, small_state_dict
+from sashimi_jax import frames, official
+
 
 @needs_parity
 @pytest.mark.parametrize("name,tol", [("tiny", 1e-4), ("l2", 2.5e-4)])
@@ -37,22 +37,13 @@ def test_official_weights_give_official_logits(name, tol):
 
 @needs_parity
 def test_stepping_the_official_tiny_model_gives_its_logits():
+    """The model's recurrent mode, as the sampler runs it (frames of 256 samples, S4 segments), teacher-forced
+    on the official inputs, gives the official logits."""
     model, _ = official_model("tiny")
     tokens = jnp.asarray(np.load(PARITY / "tiny_inputs.npy"))
     ref = np.load(PARITY / "tiny_logits.npy")
-
-    @nnx.jit
-    def stepped(model, tokens):
-        cache = model.step_cache()
-
-        def body(state, tok):
-            logits, state = model.step(tok, state, cache)
-            return state, logits
-
-        return jax.lax.scan(body, model.init_state(tokens.shape[0]), tokens.T)[1]
-
-    out = np.swapaxes(np.asarray(stepped(model, tokens)), 0, 1)
-    err = float(np.abs(out - ref).max())
+    logits, _ = teacher_forced(model, frames.DEFAULT_CENTRE_STEPS)(tokens)
+    err = float(np.abs(np.swapaxes(np.asarray(logits), 0, 1) - ref).max())
     assert err < 1e-4, err
 
 
