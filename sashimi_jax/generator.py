@@ -358,10 +358,10 @@ def generate(
     """
     gen = Generator(model, check_sampling(temperature, top_p, top_k), samples_per_call)
     carry = gen.start(num_samples, prompt) if carry is None else carry
-    chunks, end = [np.zeros((num_samples, 0), np.int32)], carry
+    calls, end = [np.zeros((num_samples, 0), np.int32)], carry
     for toks, end in gen.stream(carry, steps, seed):
-        chunks.append(toks)
-    return np.concatenate(chunks, axis=1), end
+        calls.append(toks)
+    return np.concatenate(calls, axis=1), end
 
 
 

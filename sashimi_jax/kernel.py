@@ -1,7 +1,7 @@
 """Convolution mode of S4: the length-L kernel K[h, k] = c_h A_h^k B_h of a layer, and y = K * u + D u.
 
-* :func:`impulse_block` -- the first T state impulse responses A^m B and A^T by doubling (log2 T squarings).
-* :func:`dplr_block` -- the same from A's rotation-plus-rank-1 form (:func:`sashimi_jax.ssm.transition_parts`)
+* :func:`impulses_by_doubling` -- the first T state impulse responses A^m B and A^T by doubling (log2 T squarings).
+* :func:`impulses_by_rank1` -- the same from A's rotation-plus-rank-1 form (:func:`sashimi_jax.ssm.transition_parts`)
   with (T, T) Toeplitz products (:func:`phi_powers`, :func:`upper_toeplitz`, :func:`series_inverse`).
 * :func:`kernel_split` -- which of the two, and T, by a cost model.
 * :func:`ssm_kernel` -- the whole kernel: J = L / T read-outs c A^{jT} times the T impulse responses.
@@ -20,7 +20,7 @@ import numpy as np
 from sashimi_jax.ssm import HIGHEST, real_transition, rotation, to_complex, to_real, transition_parts
 
 
-def impulse_block(a: jax.Array, b: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+def impulses_by_doubling(a: jax.Array, b: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
     """The first T state impulse responses G[h, :, m] = a_h^m b_h and a_h^T, by doubling (T a power of 2).
 
     Args: a float (H, n, n); b float (H, n); steps T = 2^k.
@@ -63,7 +63,7 @@ def series_inverse(f: jax.Array) -> jax.Array:
     return g
 
 
-def dplr_block(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, steps: int):
+def impulses_by_rank1(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, steps: int):
     """G[h, :, m] = A_h^m B_h for m < T and A_h^T, from A = R - kappa u w^T (R = Rot(phi)) with no (n, n, n) product.
 
     Telescoping, A^m - R^m = -kappa sum_{i<m} A^i u w^T R^(m-1-i), so with v_i = A^i u and the scalars
@@ -77,7 +77,7 @@ def dplr_block(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, ste
     work per channel instead of log2(T) n^3.
 
     Args: lam, p complex (n/2,); dt real (H,); bbar complex (H, n/2) (:func:`discrete_b`); steps T = 2^k.
-    Returns: g float (H, n, T); A^T float (H, n, n) (as :func:`impulse_block`).
+    Returns: g float (H, n, T); A^T float (H, n, n) (as :func:`impulses_by_doubling`).
     """
     phi, kappa, u, w = transition_parts(lam, p, dt)
     pw, phi_t = phi_powers(phi, steps)
@@ -96,12 +96,12 @@ def dplr_block(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, ste
 
 
 def kernel_split(length: int, n: int) -> tuple[bool, int, int]:
-    """(rank1, T, J) for :func:`ssm_kernel`: the block method and T (a power of 2) minimising a cost model, J = ceil(L / T).
+    """(rank1, T, J) for :func:`ssm_kernel`: the method and T (a power of 2) minimising a cost model, J = ceil(L / T).
 
     In units of one row update (a batched (n,) x (n, n) product, bound by reading the H matrices), a
     length-L kernel costs L / T for the J row updates plus, for the first T impulse responses and A^T,
-    either T^2 / (n / 4) for the (T, T) Toeplitz products of :func:`dplr_block` (``rank1``) or
-    (n / 3) log2(T) + T for the (n, n, n) squarings of :func:`impulse_block` (forward and backward). All
+    either T^2 / (n / 4) for the (T, T) Toeplitz products of :func:`impulses_by_rank1` (``rank1``) or
+    (n / 3) log2(T) + T for the (n, n, n) squarings of :func:`impulses_by_doubling` (forward and backward). All
     terms scale with H, so the choice does not depend on it. Fitted on a 2-core CPU for n = 64: rank 1
     with T = 16 and 32 for L = 1,000 and 4,000 (2x and 1.4x faster than squaring), squaring with T = 128
     and 256 for L = 16,000 and 131,072 (about even at 16,000, faster at long windows).
@@ -119,8 +119,8 @@ def ssm_kernel(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, c: 
     """The length-L convolution kernel K[h, k] = c_h A_h^k B_h of a layer's H channels.
 
     With k = j T + m (:func:`kernel_split`): K[h, jT + m] = (c_h A_h^{jT}) (A_h^m B_h). The T state impulse
-    responses A^m B and A^T come from the rotation-plus-rank-1 form of A (:func:`dplr_block`) or, for long
-    kernels, by doubling (:func:`impulse_block`, log2 T squarings of the (n, n) transitions); the J
+    responses A^m B and A^T come from the rotation-plus-rank-1 form of A (:func:`impulses_by_rank1`) or, for long
+    kernels, by doubling (:func:`impulses_by_doubling`, log2 T squarings of the (n, n) transitions); the J
     read-outs c A^{jT} by a scan of J row-times-matrix products, and one batched matrix product of (J, n)
     by (n, T) per channel gives all L values. No (H, n, L) tensor and no per-channel Cauchy matrix is
     formed, and the result is the exact truncated impulse response (no C~ correction needed).
@@ -131,16 +131,16 @@ def ssm_kernel(lam: jax.Array, p: jax.Array, dt: jax.Array, bbar: jax.Array, c: 
     Returns:
       float (H, L).
     """
-    rank1, steps, blocks = kernel_split(length, c.shape[-1])
+    rank1, steps, pieces = kernel_split(length, c.shape[-1])
     if rank1:
-        g, power = dplr_block(lam, p, dt, bbar, steps)
+        g, power = impulses_by_rank1(lam, p, dt, bbar, steps)
     else:
-        g, power = impulse_block(real_transition(lam, p, dt), to_real(bbar), steps)
+        g, power = impulses_by_doubling(real_transition(lam, p, dt), to_real(bbar), steps)
 
     def next_row(row, _):  # row (H, n) = c a^{jT} -> c a^{(j+1)T}
         return jnp.einsum("hm,hmn->hn", row, power, precision=HIGHEST), row
 
-    _, rows = jax.lax.scan(next_row, c, None, length=blocks)  # (J, H, n)
+    _, rows = jax.lax.scan(next_row, c, None, length=pieces)  # (J, H, n)
     k = jnp.matmul(jnp.swapaxes(rows, 0, 1), g, precision=HIGHEST)  # (H, J, T)
     return k.reshape(k.shape[0], -1)[:, :length]
 

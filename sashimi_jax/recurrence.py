@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sashimi_jax.kernel import impulse_block
+from sashimi_jax.kernel import impulses_by_doubling
 from sashimi_jax.ssm import HIGHEST, Discrete, matrix_power
 
 
@@ -86,9 +86,9 @@ def segment(disc: Discrete, steps: int) -> Segment:
       disc: :meth:`sashimi_jax.s4.S4.discrete` (a (H, N, N), b (H, N), c (H, N), d (H,), float32).
     """
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
-    size = 1 << int(np.ceil(np.log2(2 * steps + 1)))  # impulse_block doubles up to a power of 2
-    impulse = jnp.moveaxis(impulse_block(a, b, size)[0][..., : 2 * steps], -1, 0)  # (2F, H, N): A^m B
-    rows = jnp.swapaxes(impulse_block(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)  # (H, size, N): C A^m
+    size = 1 << int(np.ceil(np.log2(2 * steps + 1)))  # impulses_by_doubling doubles up to a power of 2
+    impulse = jnp.moveaxis(impulses_by_doubling(a, b, size)[0][..., : 2 * steps], -1, 0)  # (2F, H, N): A^m B
+    rows = jnp.swapaxes(impulses_by_doubling(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)  # (H, size, N): C A^m
     a_pow = matrix_power(a, steps)
     kern2 = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F, H)
     return Segment(
@@ -155,7 +155,7 @@ def step(seg: Segment, state: S4State, u: jax.Array) -> tuple[jax.Array, S4State
     return jax.lax.dynamic_index_in_dim(y, k, keepdims=False), S4State(state.x, inputs, y, k + 1)
 
 
-def block_split(length: int) -> tuple[int, int]:
+def piece_split(length: int) -> tuple[int, int]:
     """(T, J) for :func:`state_after`: J pieces of T samples, T = 2^ceil(log2(sqrt(L / 4))), J = ceil(L / T).
 
     T balances log2(T) squarings of the (N, N) transitions against J sequential state updates.
@@ -165,7 +165,7 @@ def block_split(length: int) -> tuple[int, int]:
 
 
 def state_after(a: jax.Array, b: jax.Array, u: jax.Array) -> jax.Array:
-    """x_L = sum_j a^(L-1-j) b u_j without stepping every sample: pieces of T samples (:func:`block_split`).
+    """x_L = sum_j a^(L-1-j) b u_j without stepping every sample: pieces of T samples (:func:`piece_split`).
 
     Within a piece the state gained is a contraction of the T inputs with the impulse responses a^m b;
     across the J pieces, x <- a^T x + (piece's gain), a scan of J steps.
@@ -176,10 +176,10 @@ def state_after(a: jax.Array, b: jax.Array, u: jax.Array) -> jax.Array:
       float32 (H, B, N) real state [Re x, Im x], channel-major.
     """
     bsz, length, h = u.shape
-    steps, blocks = block_split(length)
-    u = jnp.pad(u, ((0, 0), (blocks * steps - length, 0), (0, 0)))  # leading zeros leave the state at 0
-    g, power = impulse_block(a, b, steps)
-    gains = jnp.einsum("hnm,bjmh->jhbn", g[..., ::-1], u.reshape(bsz, blocks, steps, h), precision=HIGHEST)
+    steps, pieces = piece_split(length)
+    u = jnp.pad(u, ((0, 0), (pieces * steps - length, 0), (0, 0)))  # leading zeros leave the state at 0
+    g, power = impulses_by_doubling(a, b, steps)
+    gains = jnp.einsum("hnm,bjmh->jhbn", g[..., ::-1], u.reshape(bsz, pieces, steps, h), precision=HIGHEST)
 
     def body(x, gain):
         return jnp.einsum("hnm,hbm->hbn", power, x, precision=HIGHEST) + gain, None

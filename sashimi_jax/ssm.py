@@ -79,7 +79,7 @@ def to_complex(r: jax.Array) -> jax.Array:
 def transition_parts(lam: jax.Array, p: jax.Array, dt: jax.Array):
     """A_bar of every channel as a rotation plus a rank-1 term: A_bar = Rot(phi) - kappa u w^T (real coordinates).
 
-    Expanding :func:`apply_bilinear` with phi = (1 + dt/2 Lambda) / d and kappa = (dt/2) / (1 + (dt/2) q):
+    Expanding the bilinear map (I - dt/2 A)^{-1} (I + dt/2 A) x with phi = (1 + dt/2 Lambda) / d and kappa = (dt/2) / (1 + (dt/2) q):
     A_bar x = phi x - kappa (P / d) 2 Re(f^* x) with f = P + P conj(phi). The map is R-linear (not C-linear:
     the real part couples x and conj(x)), so in real coordinates [Re x, Im x] the first term is the block
     Rot(phi) = [[Re phi, -Im phi], [Im phi, Re phi]] of diagonals and the second a real outer product.

@@ -20,14 +20,14 @@ def our_kernel(lam, p, b, c, dt, length, dtype=None):
 
 
 @pytest.mark.parametrize("n,steps", [(4, 1), (16, 8), (64, 16), (64, 128)])
-def test_dplr_block_equals_matrix_doubling_float64(n, steps):
-    """The rank-1 telescoping of kernel.dplr_block gives the same A^m B (m < T) and A^T as repeated squaring."""
+def test_impulses_by_rank1_equals_matrix_doubling_float64(n, steps):
+    """The rank-1 telescoping of kernel.impulses_by_rank1 gives the same A^m B (m < T) and A^T as repeated squaring."""
     lam, p, b, _, dt = random_ssm(n, 3, seed=n + steps)
     with jax.enable_x64(True):
         lam, p, dt = jnp.asarray(lam), jnp.asarray(p), jnp.asarray(dt)
         bbar = ssm.discrete_b(lam, p, jnp.asarray(b), dt)
-        g, power = kernel.dplr_block(lam, p, dt, bbar, steps)
-        g_ref, power_ref = kernel.impulse_block(ssm.real_transition(lam, p, dt), ssm.to_real(bbar), steps)
+        g, power = kernel.impulses_by_rank1(lam, p, dt, bbar, steps)
+        g_ref, power_ref = kernel.impulses_by_doubling(ssm.real_transition(lam, p, dt), ssm.to_real(bbar), steps)
     assert g.shape == g_ref.shape == (3, n, steps) and power.shape == (3, n, n)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-12 * float(np.abs(g_ref).max()))
     np.testing.assert_allclose(np.asarray(power), np.asarray(power_ref), atol=1e-12 * float(np.abs(power_ref).max()))
@@ -37,7 +37,7 @@ def test_dplr_block_equals_matrix_doubling_float64(n, steps):
     "n,length,rank1", [(4, 16, False), (16, 100, True), (64, 256, True), (64, 333, True), (64, 1, True), (64, 9000, False)]
 )
 def test_kernel_matches_dense_matrix_powers_float64(n, length, rank1):
-    """Both block methods: the rank-1 one (kernel.dplr_block) and squaring (kernel.impulse_block), as kernel_split picks."""
+    """Both methods: the rank-1 one (kernel.impulses_by_rank1) and squaring (kernel.impulses_by_doubling), as kernel_split picks."""
     assert kernel.kernel_split(length, n)[0] == rank1
     lam, p, b, c, dt = random_ssm(n, 3, seed=n + length)
     with jax.enable_x64(True):
