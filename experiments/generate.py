@@ -55,14 +55,14 @@ def main(args: scripts.Parsed):
         scripts.fail(f"unexpected arguments {args.argv[1:]}; flags look like --seconds=4.", code=2)
     runtime.quiet_logs()
     runtime.cpu_devices()  # a CPU device per core: a batch of streams is split across the cores
-    from sashimi_jax import checkpoint, data
+    from sashimi_jax import audio, checkpoint
     from sashimi_jax import generate as genlib
     from sashimi_jax.sampling import SamplingError
 
     req = genlib.Request(
         workdir=_WORKDIR.value, out=_OUT.value, seconds=_SECONDS.value, num_samples=_NUM.value,
         temperature=_TEMP.value, top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value, prompt=_PROMPT.value,
-        prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, chunk_seconds=_PER_CALL.value, which=_WHICH.value,
+        prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, seconds_per_call=_PER_CALL.value, which=_WHICH.value,
         spectrogram=_SPEC.value, progress=_PROGRESS.value,
     )
     try:
@@ -74,7 +74,7 @@ def main(args: scripts.Parsed):
         summary = genlib.run(req)
     except (SamplingError, ConfigError) as err:
         scripts.fail(str(err), code=2)
-    except (genlib.GenerateError, checkpoint.WorkdirError, data.AudioError) as err:
+    except (genlib.GenerateError, checkpoint.WorkdirError, audio.AudioError) as err:
         scripts.fail(str(err))
     print(json.dumps({k: summary[k] for k in ("files", "samples_per_second_per_stream", "prefill_seconds")}, indent=1))
     if "ranking" in summary:

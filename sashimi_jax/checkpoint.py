@@ -3,8 +3,8 @@
 Layout of ``workdir``::
 
     config.json        the config the checkpoints were trained with (secrets redacted); checked on every resume
-    checkpoints/<step> orbax checkpoints of the whole train state (see sashimi_jax.train.init_state)
-    damaged/<step>     checkpoints that could not be read, moved aside (never deleted) by :func:`restore_intact`
+    checkpoints/<step> orbax checkpoints of the whole train state (see sashimi_jax.train_step.init_state)
+    damaged/<step>     checkpoints that could not be read, moved aside (never deleted) by sashimi_jax.damage
     train.lock         held by the training run (sashimi_jax.workdir)
     metrics.jsonl, tb/, loss.png   logs (sashimi_jax.logs)
 
@@ -13,10 +13,10 @@ complete, so a crash mid-write leaves no half checkpoint; leftover temporary dir
 and removed when the run restarts (``cleanup_tmp_directories``). Kept: the newest ``train.keep_ckpts``
 checkpoints plus the one with the lowest validation loss.
 
-A finished checkpoint can still be damaged later (a full disk, a bad copy, a deleted file): every restore
-goes through :func:`restore_intact`, which moves such a checkpoint aside into ``damaged/`` with one sentence and
-uses the next one. A checkpoint whose arrays do not match the expected train state (another model or code
-version) is not damage: it is refused, and left where it is.
+A checkpoint is restored whole (:func:`restore`, a resumed training run) or in part (:func:`restore_part`:
+only some top-level entries of the train state, e.g. the parameters for inference). A finished checkpoint
+can still be damaged later (a full disk, a bad copy, a deleted file): every restore goes through
+:func:`sashimi_jax.damage.restore_intact`, which sets such a checkpoint aside and uses the next one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +163,15 @@ def write_config(workdir: str | os.PathLike, cfg: ml_collections.ConfigDict) -> 
 
 def has_checkpoints(workdir: str | os.PathLike) -> bool:
     """Whether ``workdir/checkpoints`` holds at least one finished checkpoint (a step-numbered directory)."""
+    return bool(step_dirs(workdir))
+
+
+def step_dirs(workdir: str | os.PathLike) -> list[Path]:
+    """The finished checkpoint directories of ``workdir`` (``checkpoints/<step>``), newest first."""
     d = Path(workdir) / CKPT_DIR
-    return d.is_dir() and any(p.name.isdigit() and p.is_dir() for p in d.iterdir())
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: -int(p.name))
 
 
 def open_manager(workdir: str | os.PathLike, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -212,163 +218,25 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> A
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
-# ----------------------------------------------------------------------------- damaged checkpoints
-
-# The orbax files a CheckpointManager parses as soon as it opens: one unreadable file stops the whole manager.
-OPEN_METADATA = ("_CHECKPOINT_METADATA", "metrics/metrics")
-
-
-def step_dirs(workdir: str | os.PathLike) -> list[Path]:
-    """The finished checkpoint directories of ``workdir`` (``checkpoints/<step>``), newest first."""
-    d = Path(workdir) / CKPT_DIR
-    if not d.is_dir():
-        return []
-    return sorted((p for p in d.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: -int(p.name))
+def restore_part(manager: ocp.CheckpointManager, step: int, abstract_part: dict) -> dict:
+    """Restore only the top-level entries of checkpoint ``step`` named by ``abstract_part`` (e.g.
+    ``{"params": ...}``), into its structure, dtypes and shardings; the rest of the saved state is not read."""
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+    return manager.restore(
+        step, args=ocp.args.PyTreeRestore(item=abstract_part, restore_args=restore_args, partial_restore=True)
+    )
 
 
-def unopenable(step_dir: Path) -> str | None:
-    """Why orbax could not even open the checkpoints beside ``step_dir`` (an unparseable metadata file), or None."""
-    for name in OPEN_METADATA:
-        f = step_dir / name
-        try:
-            if f.exists():
-                json.loads(f.read_text())
-        except (OSError, ValueError):
-            return f"its {name} is unreadable"
-    return None
+def saved_tree(step_dir: Path) -> dict:
+    """The array metadata of a checkpoint as a nested dict (leaves have ``.shape``), read from its orbax files.
 
-
-def move_aside(step_dir: Path) -> Path | None:
-    """Move a damaged checkpoint into ``<workdir>/damaged/<step>`` (``<step>-2``, ... if taken); never deletes.
-
-    Returns the new path, or None if it could not be moved (a read-only workdir): it then stays where it is.
+    Raises whatever orbax / tensorstore raise for an unreadable file (see sashimi_jax.damage.damage_reason).
     """
-    target_dir = step_dir.parent.parent / DAMAGED_DIR
+    handler = ocp.StandardCheckpointHandler()
     try:
-        target_dir.mkdir(exist_ok=True)
-        target, n = target_dir / step_dir.name, 1
-        while target.exists():
-            n += 1
-            target = target_dir / f"{step_dir.name}-{n}"
-        step_dir.rename(target)
-        return target
-    except OSError:
-        return None
-
-
-def _report(step_dir: Path, why: str, moved: Path | None) -> str:
-    where = f"moved it to {moved}" if moved else "skipped it (left in place: it cannot be moved now)"
-    return f"checkpoint {step_dir.name} in {step_dir.parent} is damaged ({why}); {where}"
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__
-
-
-def set_aside_unopenable(workdir: str | os.PathLike, move: bool, say: Callable[[str], None]) -> list[int]:
-    """Move aside (``move``, process 0) every checkpoint whose metadata would stop orbax from opening the directory.
-
-    Returns their steps. Without ``move`` (another process holds the workdir) such a checkpoint cannot be
-    skipped, and WorkdirError says so. Other processes only look (process 0 moves).
-    """
-    steps = []
-    for d in step_dirs(workdir):
-        why = unopenable(d)
-        if why is None:
-            continue
-        if jax.process_index() != 0:
-            steps.append(int(d.name))
-            continue
-        moved = move_aside(d) if move else None
-        if moved is None:
-            raise WorkdirError(
-                f"checkpoint {d.name} in {d.parent} is damaged ({why}) and cannot be moved aside now; move it out "
-                f"of {d.parent} (or rerun when the run holding {workdir} has ended)."
-            )
-        say(_report(d, why, moved))
-        steps.append(int(d.name))
-    return steps
-
-
-def saved_shapes(step_dir: Path) -> list[tuple]:
-    """The sorted array shapes a checkpoint holds, from its orbax metadata (raises if that is unreadable)."""
-    meta = ocp.StandardCheckpointer().metadata(step_dir / "default").item_metadata
-    if meta is None:
-        raise FileNotFoundError("its array metadata cannot be read")
-    return sorted(tuple(x.shape) for x in jax.tree.leaves(meta.tree))
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"sashimi_jax {name}")
-
-
-def restore_intact(
-    workdir: str | os.PathLike,
-    open_fn: Callable[[], ocp.CheckpointManager],
-    abstract_state: Any,
-    which: str = "latest",
-    move: bool = True,
-    say: Callable[[str], None] = print,
-) -> tuple[ocp.CheckpointManager, int | None, Any]:
-    """Open the checkpoints of ``workdir`` (``open_fn``, e.g. :func:`open_manager`) and restore the ``which``
-    checkpoint ("latest" or "best"), else the newest intact one. Returns (manager, step, state); step and state
-    are None when there is no checkpoint.
-
-    A checkpoint that cannot be read is named in one sentence (``say``), moved aside into ``damaged/`` when
-    ``move`` (only by process 0; never deleted) and skipped; the manager is reloaded after a move.
-
-    Raises:
-      WorkdirError: a checkpoint holds arrays of other shapes than ``abstract_state`` (another model or code
-      version; left in place), or there were checkpoints but none is intact (the manager is then closed).
-    """
-    damaged = set_aside_unopenable(workdir, move, say)
-    _sync("unopenable checkpoints")
-    manager = open_fn()
-    try:
-        step, state = _restore_first_intact(manager, abstract_state, which, move, say, damaged)
-    except BaseException:
-        manager.close()
-        raise
-    return manager, step, state
-
-
-def _restore_first_intact(manager, abstract_state, which, move, say, damaged) -> tuple[int | None, Any]:
-    """The loop of :func:`restore_intact` over an open manager (``damaged``: steps already set aside)."""
-    want = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
-    first = best_step(manager) if which == "best" else manager.latest_step()
-    order = [] if first is None else [first] + sorted((s for s in manager.all_steps() if s != first), reverse=True)
-    for step in order:
-        d = Path(manager.directory) / str(step)
-        try:
-            shapes = saved_shapes(d)
-        except Exception as err:  # noqa: BLE001 -- orbax / tensorstore raise many types for a damaged file
-            why = _short(err)
-        else:
-            if shapes != want:
-                raise WorkdirError(
-                    f"checkpoint {step} in {d.parent} holds {len(shapes)} arrays of other shapes than this run's "
-                    f"{len(want)} (another model or code version); use a new --workdir."
-                )
-            try:
-                return step, restore(manager, step, abstract_state)
-            except Exception as err:  # noqa: BLE001
-                why = _short(err)
-        moved = move_aside(d) if move and jax.process_index() == 0 else None
-        say(_report(d, why, moved))
-        damaged.append(step)
-        _sync(f"damaged checkpoint {step}")
-        manager.reload()
-    if damaged:
-        raise WorkdirError(
-            f"no intact checkpoint in {Path(manager.directory)} (damaged: steps {', '.join(map(str, damaged))}"
-            f"{', moved to ' + str(Path(manager.directory).parent / DAMAGED_DIR) if move else ''}); retrain "
-            "(experiments/train.py then starts from step 0) or pass another --workdir."
-        )
-    return None, None
+        return handler.metadata(step_dir / "default").tree
+    finally:
+        handler.close()
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
@@ -397,8 +265,9 @@ __all__ = [
     "open_manager",
     "read_saved_config",
     "restore",
-    "restore_intact",
-    "set_aside_unopenable",
+    "restore_part",
     "save",
+    "saved_tree",
+    "step_dirs",
     "write_config",
 ]

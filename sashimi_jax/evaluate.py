@@ -1,9 +1,10 @@
-"""Evaluate a trained run on a whole split: the reference's metric table as JSON.
+"""Evaluation: the metric table of parameters over a split, for the training loop and for a finished run.
 
-``load_model(workdir)`` gives the trained :class:`SaShiMi` of a run (for generation);
-``evaluate_run(workdir, split)`` restores the best checkpoint (lowest validation loss; ``which="latest"``
-for the newest), rebuilds the data of the run's saved config, scores every window of the split and
-writes ``workdir/eval_<split>.json``::
+The jitted evaluation step (:func:`make_eval_step`) and the loop over a split (:func:`evaluate_tokens`)
+serve both the validation of ``sashimi_jax.train`` and :func:`evaluate_run`, which restores a run's best
+checkpoint (lowest validation loss; ``which="latest"`` for the newest) through sashimi_jax.params (no
+training code), rebuilds the data of the run's saved config, scores every window of the split and writes
+``workdir/eval_<split>.json``::
 
     {"split": "test", "step": 600, "which": "best", "windows": 12, "samples": 98304,
      "loss": 2.18, "bpb": 3.15, "accuracy": 0.28, "accuracy@3": ..., "accuracy@5": ..., "accuracy@10": ...}
@@ -15,78 +16,96 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
-from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
-from sashimi_jax import optim, parallel
-from sashimi_jax import train as trainlib
+from sashimi_jax import metrics as metlib
+from sashimi_jax import parallel
 from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
-from sashimi_jax.sashimi import SaShiMi
+from sashimi_jax.params import restore_model
 from sashimi_jax.workdir import write_text_atomic
 
 SPLITS = ("test", "val", "train")
 
 
-def restore_for_eval(workdir: str | os.PathLike, which: str = "best", mesh: jax.sharding.Mesh | None = None):
-    """Load a run for evaluation.
+# ------------------------------------------------------------------------------------- the step
+
+
+def eval_stats(graphdef: Any, rest: Any, params: Any, targets: jax.Array, weights: jax.Array, bits: int) -> dict:
+    """Summed token stats (metrics.token_stats) of one batch in evaluation mode.
 
     Args:
-      workdir: a training run's directory (config.json + checkpoints/).
-      which: "best" (lowest validation loss; the latest if none was evaluated) or "latest".
-    Returns:
-      (cfg, ModelParts, evaluation params (replicated on ``mesh``; the EMA when the run kept one), step).
-    A damaged checkpoint is named, moved aside (unless a training run holds the workdir: then only skipped)
-    and the next one used (checkpoint.restore_intact).
-
-    Raises:
-      checkpoint.WorkdirError: no such workdir (or a file), no config.json, or no intact checkpoint in it.
+      graphdef: the model's structure in evaluation mode. rest: its other variables (pure dict).
+      params: its parameters (pure dict). targets: int32 (B, L) tokens. weights: float32 (B,), 0 = padding.
     """
-    if which not in ("best", "latest"):
-        raise ConfigError(f"--which={which!r} must be 'best' or 'latest'.")
-    path = workdirlib.check_run_dir(workdir)
-    saved = ckpt.read_saved_config(path)
-    if saved is None or not ckpt.has_checkpoints(path):
-        missing = ckpt.CONFIG_FILE if saved is None else "checkpoint"
-        raise ckpt.WorkdirError(
-            f"workdir {workdir} holds no {missing}; train first (experiments/train.py --workdir {workdir}) "
-            "or pass the --workdir of a training run."
-        )
-    cfg = ckpt.config_from_json(saved)
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    parts, params = trainlib.build_model(cfg)
-    host_state = trainlib.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
-    say = _say_stderr if jax.process_index() == 0 else (lambda s: None)  # stdout carries the JSON result
-    move = not workdirlib.in_use(path)  # a running training run keeps its checkpoints where they are
-    abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
-    opener = lambda: ckpt.open_manager(path, read_only=True)  # noqa: E731
-    manager, step, state = ckpt.restore_intact(path, opener, abstract, which, move=move, say=say)
-    manager.close()
-    if step is None:
-        raise ckpt.WorkdirError(f"workdir {workdir} holds no intact checkpoint; retrain or pass another --workdir.")
-    return cfg, parts, trainlib.eval_params(state), int(step)
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(datalib.shift_inputs(targets, bits))
+    return metlib.token_stats(logits, targets, weights)
 
 
+def make_eval_step(graphdef: Any, rest: Any, bits: int, mesh: jax.sharding.Mesh) -> Callable[..., dict]:
+    """:func:`eval_stats` jitted for ``mesh``: (params, targets (B, L), weights (B,)) -> replicated stats."""
+    return jax.jit(lambda p, t, w: eval_stats(graphdef, rest, p, t, w, bits), out_shardings=parallel.replicated(mesh))
 
-def _say_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
+def eval_batches(tokens: np.ndarray, batch_size: int, max_batches: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (targets int32 (batch_size, L), weights float32 (batch_size,)) over a split in order.
 
-def load_model(workdir: str | os.PathLike, which: str = "best") -> tuple[Any, SaShiMi, int]:
-    """The trained model of a run, ready to call or to ``step`` (evaluation mode; the EMA when kept).
-
-    Returns:
-      (cfg, model, step): the run's saved config, a :class:`SaShiMi` holding the checkpoint's parameters
-      (replicated over all local devices), and the checkpoint's step.
+    The last batch is padded with copies of its first row at weight 0, so every batch has the same shape.
+    ``max_batches`` > 0 stops after that many batches.
     """
-    cfg, parts, params, step = restore_for_eval(workdir, which)
-    return cfg, nnx.merge(parts.eval_graphdef, params, parts.rest), step
+    n = len(tokens)
+    count = -(-n // batch_size)
+    if max_batches > 0:
+        count = min(count, max_batches)
+    for b in range(count):
+        rows = np.asarray(tokens[b * batch_size : (b + 1) * batch_size], dtype=np.int32)
+        weights = np.ones((batch_size,), np.float32)
+        if len(rows) < batch_size:
+            weights[len(rows) :] = 0.0
+            rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
+        yield rows, weights
+
+
+def evaluate_tokens(
+    eval_step: Callable[..., dict],
+    params: Any,
+    tokens: np.ndarray,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    max_batches: int = 0,
+    progress: bool = False,
+) -> dict[str, float] | None:
+    """The metric table (metrics.summarize) of ``params`` over a split; None for an empty split.
+
+    Args:
+      eval_step: :func:`make_eval_step` output. tokens: uint8 (n, L). batch_size: global, a multiple of the
+      device count. max_batches: 0 = the whole split.
+    """
+    if len(tokens) == 0:
+        return None
+    total = None
+    batches = eval_batches(tokens, batch_size, max_batches)
+    if progress and jax.process_index() == 0:
+        n = -(-len(tokens) // batch_size)
+        batches = tqdm(batches, total=min(n, max_batches) if max_batches else n, desc="evaluating", leave=False)
+    for targets, weights in batches:
+        stats = eval_step(params, parallel.shard_batch(targets, mesh), parallel.shard_batch(weights, mesh))
+        total = metlib.add_stats(total, parallel.tree_to_host(stats))
+    out = metlib.summarize(total)
+    out["windows"] = round(total["tokens"]) // tokens.shape[1]
+    return out
+
+
+# ------------------------------------------------------------------------------------- a run
 
 
 def eval_batch_size(requested: int, train_batch: int, n_devices: int) -> int:
@@ -100,7 +119,7 @@ def evaluate_run(
     workdir: str | os.PathLike,
     split: str = "test",
     batch_size: int = 0,
-    which: str = "best",
+    which: str | int = "best",
     mesh: jax.sharding.Mesh | None = None,
     write: bool = True,
 ) -> dict:
@@ -114,22 +133,26 @@ def evaluate_run(
     if write and jax.process_index() == 0:  # before the work: an unwritable workdir fails at once
         workdirlib.ensure_writable(workdirlib.check_run_dir(workdir))
     mesh = parallel.make_mesh() if mesh is None else mesh
-    cfg, parts, params, step = restore_for_eval(workdir, which, mesh)
+    model, cfg, step = restore_model(workdir, which, mesh)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     bs = eval_batch_size(batch_size, cfg.train.batch_size, mesh.devices.size)
     parallel.check_batch_size(bs, mesh, "--batch_size")
     tokens = getattr(datalib.prepare(cfg.data), split)
     if len(tokens) == 0:
         raise datalib.DataError(f"the {split} split of {cfg.data.source} has no windows; evaluate another split.")
-    eval_fn = trainlib.make_eval_step(parts, int(cfg.data.bits), mesh)
-    table = trainlib.evaluate_tokens(eval_fn, params, tokens, bs, mesh, progress=True)
+    eval_fn = make_eval_step(graphdef, nnx.to_pure_dict(rest), int(cfg.data.bits), mesh)
+    table = evaluate_tokens(eval_fn, nnx.to_pure_dict(params), tokens, bs, mesh, progress=True)
     result = {
         "split": split,
         "step": step,
         "which": which,
         "windows": len(tokens),
         "samples": int(len(tokens) * tokens.shape[1]),
-        **{k: table[k] for k in ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")},
+        **{k: table[k] for k in metlib.METRIC_KEYS},
     }
     if write and jax.process_index() == 0:
         write_text_atomic(Path(workdir) / f"eval_{split}.json", json.dumps(result, indent=1) + "\n")
     return result
+
+
+__all__ = ["SPLITS", "eval_batch_size", "eval_batches", "eval_stats", "evaluate_run", "evaluate_tokens", "make_eval_step"]

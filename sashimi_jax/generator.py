@@ -199,7 +199,7 @@ class Generator:
         pipeline: bool | None = None,
     ):
         self.model = model
-        self.sampling = check_sampling(*(sampling or Sampling()))
+        self.sampling = sampling or Sampling()  # validated by whoever made it (sampling.check_sampling)
         self.plan = frames.plan(model, centre_steps)
         self.max_frames = max(1, -(-int(samples_per_call) // self.plan.samples))
         self.graphdef, params = nnx.split(model)

@@ -7,6 +7,9 @@
   checkpoint are purged the same way.
 * ``loss.png``: train and validation loss in bits per sample vs step, redrawn after each evaluation.
 
+A train record averages the steps since the previous one (:class:`Meter`: the metric table, gradient norm,
+steps/s and samples/s, compilation and evaluations left out of the throughput).
+
 Only one process (process 0) writes; the others get a :class:`RunLog` with ``enabled=False``.
 """
 
@@ -15,10 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sashimi_jax import metrics as metlib
 from sashimi_jax.workdir import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
@@ -110,6 +115,42 @@ class RunLog:
         if self.enabled:
             self._file.close()
             self._tb.close()
+
+
+class Meter:
+    """Averages the training stats of the steps between two log lines, and their throughput."""
+
+    def __init__(self):
+        self.stats, self.grad_norm, self.steps, self.t0, self.paused = None, 0.0, 0, time.perf_counter(), 0.0
+        self.excluded = 0
+
+    def add(self, out: dict) -> None:
+        """Add one step's host stats (metrics.token_stats plus ``loss`` and ``grad_norm``)."""
+        self.stats = metlib.add_stats(self.stats, {k: v for k, v in out.items() if k not in ("loss", "grad_norm")})
+        self.grad_norm += out["grad_norm"]
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Exclude ``seconds`` (an evaluation) from the throughput."""
+        self.paused += seconds
+
+    def exclude(self, seconds: float, steps: int) -> None:
+        """Exclude ``steps`` steps that took ``seconds`` (compilation) from the throughput, not from the metrics."""
+        self.paused += seconds
+        self.excluded += steps
+
+    def flush(self, samples_per_step: int) -> dict:
+        """The window's metric table plus grad_norm, steps/s and samples/s; starts a new window."""
+        elapsed = max(time.perf_counter() - self.t0 - self.paused, 1e-9)
+        timed = self.steps - self.excluded
+        rec = metlib.summarize(self.stats)
+        rec.update(
+            grad_norm=self.grad_norm / self.steps,
+            steps_per_s=timed / elapsed if timed else None,
+            samples_per_s=timed * samples_per_step / elapsed if timed else None,
+        )
+        self.__init__()
+        return rec
 
 
 def _plain(v: Any) -> Any:

@@ -1,44 +1,44 @@
-"""Training: the train state, one jitted data-parallel step, evaluation, and the resumable loop.
+"""Training: the resumable run of a config in a workdir, around the jitted step of sashimi_jax.train_step.
 
-Train state (a pytree of replicated arrays, saved whole in every checkpoint)::
-
-    step      int32 ()  optimizer steps done; the data position (batch of step s = data.batch_at(..., s))
-    params    pure dict of float32 arrays (nnx.Param and SSMParam of the model)
-    opt_state optax state (AdamW moments and schedule counts, per group)
-    plateau   {"scale": f32, "best": f32, "bad": i32} the ReduceLROnPlateau state (optim.plateau_update)
-    rng       uint32 (2,) base key data; step s uses fold_in(rng, s) (dropout), so resuming needs nothing else
-    ema       (only when train.ema > 0) EMA of params, used for evaluation
-
-One ``jax.jit`` program (:func:`make_train_step`) runs on a mesh over all devices (sashimi_jax.parallel):
-the batch is split over ``"data"``, everything else replicated; the model is rebuilt inside with
-``nnx.merge(graphdef, params, rest)`` so the function is pure.
+:func:`train` checks the config and the workdir, takes the workdir's lock, prepares the data, restores
+the latest intact checkpoint (or starts at step 0) and runs the loop (:class:`_Run`): one train step per
+batch, a train record every ``train.log_every`` steps, a validation (sashimi_jax.evaluate) every
+``train.eval_every`` steps with the plateau rule (sashimi_jax.optim), and a checkpoint every
+``train.ckpt_every`` steps, after each validation and on SIGTERM / SIGINT (sashimi_jax.signals).
+A rerun resumes from the latest intact checkpoint and ends bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import data as datalib
-from sashimi_jax import metrics as metlib
 from sashimi_jax import optim, parallel, stream
 from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
-from sashimi_jax.logs import RunLog
-from sashimi_jax.sashimi import SaShiMi, count_params
+from sashimi_jax.damage import restore_intact
+from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
+from sashimi_jax.logs import Meter, RunLog
+from sashimi_jax.signals import StopFlag
+from sashimi_jax.train_step import (
+    build_model,
+    eval_params,
+    init_state,
+    make_train_step,
+    plateau_arrays,
+    plateau_values,
+    replicate,
+)
 
 
 class TrainError(RuntimeError):
@@ -49,231 +49,7 @@ class NonFiniteLoss(TrainError):
     """The loss, the gradient or the updated parameters became NaN/inf; the state of that step was not saved."""
 
 
-# ----------------------------------------------------------------------------------- model + state
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParts:
-    """The static pieces of the model around the parameters.
-
-    graphdef / eval_graphdef: the module structure in training / evaluation mode (dropout on / off).
-    rest: non-parameter variables as a pure dict (dropout RNG streams; reseeded every step, never saved).
-    labels: optimizer group of every parameter (optim.param_labels).
-    n_params: number of trainable scalars.
-    """
-
-    graphdef: Any
-    eval_graphdef: Any
-    rest: Any
-    labels: dict
-    n_params: int
-
-
-def build_model(cfg: ml_collections.ConfigDict) -> tuple[ModelParts, dict]:
-    """Build the model of ``cfg`` with seed ``train.seed``: its :class:`ModelParts` and initial params (pure dict)."""
-    model = SaShiMi(cfg.model, rngs=nnx.Rngs(int(cfg.train.seed)))
-    n_params = count_params(model)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    labels = optim.param_labels(params)
-    model.eval()
-    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    return ModelParts(graphdef, eval_graphdef, nnx.to_pure_dict(rest), labels, n_params), nnx.to_pure_dict(params)
-
-
-def init_state(cfg: ml_collections.ConfigDict, params: dict, tx: optax.GradientTransformation) -> dict:
-    """The train state at step 0 (host arrays; see the module docstring for the fields)."""
-    state = {
-        "step": np.zeros((), np.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        "plateau": plateau_arrays(optim.init_plateau()),
-        "rng": np.asarray(jax.random.key_data(jax.random.key(int(cfg.train.seed))), np.uint32),
-    }
-    if cfg.train.ema > 0:
-        state["ema"] = jax.tree.map(lambda p: p, params)
-    return state
-
-
-def plateau_arrays(plateau: dict) -> dict[str, np.ndarray]:
-    """Host plateau dict -> the arrays stored in the train state (float32 scale and best, int32 count)."""
-    return {
-        "scale": np.float32(plateau["scale"]),
-        "best": np.float32(plateau["best"]),
-        "bad": np.int32(plateau["bad"]),
-    }
-
-
-def plateau_values(arrays: dict) -> dict[str, float | int]:
-    """Train-state plateau arrays -> host values (as a resumed run sees them: float32-rounded)."""
-    return {k: np.asarray(v).item() for k, v in arrays.items()}
-
-
-def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Put identical host arrays (the same on every process) on every device of ``mesh``."""
-    sharding = parallel.replicated(mesh)
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, tree)
-
-
-def eval_params(state: dict) -> Any:
-    """The parameters used for evaluation: the EMA when kept, else the trained ones."""
-    return state["ema"] if "ema" in state else state["params"]
-
-
-# ------------------------------------------------------------------------------------ the step
-
-
-def loss_and_logits(parts: ModelParts, params: Any, targets: jax.Array, key: jax.Array, bits: int):
-    """Training loss of one batch: int32 (B, L) targets -> (float32 () mean nats, float32 (B, L, C) logits)."""
-    model = nnx.merge(parts.graphdef, params, parts.rest)
-    nnx.reseed(model, dropout=key, default=key)
-    logits = model(datalib.shift_inputs(targets, bits))
-    return metlib.mean_nll(logits, targets), logits
-
-
-def train_step(
-    state: dict, targets: jax.Array, *, parts: ModelParts, tx: optax.GradientTransformation, ema: float, bits: int
-) -> tuple[dict, dict]:
-    """One AdamW step on a global batch (pure; jit it with :func:`make_train_step`).
-
-    Args:
-      state: the train state. targets: int32 (B, L) mu-law tokens.
-    Returns:
-      (new state, metrics) where metrics holds the summed token stats of the batch (metrics.token_stats),
-      ``loss`` (mean nats, the optimised quantity), ``grad_norm`` (global L2 norm of the gradient) and
-      ``params_finite`` (bool: no NaN/inf in the updated parameters).
-    """
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
-        parts, state["params"], targets, key, bits
-    )
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    scale = state["plateau"]["scale"]
-    updates = jax.tree.map(lambda u: u * scale, updates)
-    params = optax.apply_updates(state["params"], updates)
-    new = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    if "ema" in state:
-        new["ema"] = jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state["ema"], params)
-    out = metlib.token_stats(jax.lax.stop_gradient(logits), targets)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    out.update(loss=loss, grad_norm=optax.tree.norm(grads), params_finite=finite)
-    return new, out
-
-
-def make_train_step(
-    parts: ModelParts, tx: optax.GradientTransformation, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> Callable[[dict, jax.Array], tuple[dict, dict]]:
-    """:func:`train_step` jitted for ``mesh``: state replicated in and out (donated), batch split over "data"."""
-
-    def step(state, targets):
-        return train_step(state, targets, parts=parts, tx=tx, ema=float(cfg.train.ema), bits=int(cfg.data.bits))
-
-    rep = parallel.replicated(mesh)
-    return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
-
-
-def eval_stats(parts: ModelParts, params: Any, targets: jax.Array, weights: jax.Array, bits: int) -> dict:
-    """Summed token stats (metrics.token_stats) of one batch in evaluation mode; ``weights`` (B,) 0 = padding."""
-    model = nnx.merge(parts.eval_graphdef, params, parts.rest)
-    logits = model(datalib.shift_inputs(targets, bits))
-    return metlib.token_stats(logits, targets, weights)
-
-
-def make_eval_step(parts: ModelParts, bits: int, mesh: jax.sharding.Mesh) -> Callable[..., dict]:
-    """:func:`eval_stats` jitted for ``mesh``: (params, targets (B, L), weights (B,)) -> replicated stats."""
-    return jax.jit(lambda p, t, w: eval_stats(parts, p, t, w, bits), out_shardings=parallel.replicated(mesh))
-
-
-def eval_batches(tokens: np.ndarray, batch_size: int, max_batches: int = 0):
-    """Yield (targets int32 (batch_size, L), weights float32 (batch_size,)) over a split in order.
-
-    The last batch is padded with copies of its first row at weight 0, so every batch has the same shape.
-    ``max_batches`` > 0 stops after that many batches.
-    """
-    n = len(tokens)
-    count = -(-n // batch_size)
-    if max_batches > 0:
-        count = min(count, max_batches)
-    for b in range(count):
-        rows = np.asarray(tokens[b * batch_size : (b + 1) * batch_size], dtype=np.int32)
-        weights = np.ones((batch_size,), np.float32)
-        if len(rows) < batch_size:
-            weights[len(rows) :] = 0.0
-            rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
-        yield rows, weights
-
-
-def evaluate_tokens(
-    eval_step: Callable[..., dict],
-    params: Any,
-    tokens: np.ndarray,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    max_batches: int = 0,
-    progress: bool = False,
-) -> dict[str, float] | None:
-    """The metric table (metrics.summarize) of ``params`` over a split; None for an empty split.
-
-    Args:
-      eval_step: :func:`make_eval_step` output. tokens: uint8 (n, L). batch_size: global, a multiple of the
-      device count. max_batches: 0 = the whole split.
-    """
-    if len(tokens) == 0:
-        return None
-    total = None
-    batches = eval_batches(tokens, batch_size, max_batches)
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        n = -(-len(tokens) // batch_size)
-        batches = tqdm(batches, total=min(n, max_batches) if max_batches else n, desc="evaluating", leave=False)
-    for targets, weights in batches:
-        stats = eval_step(params, parallel.shard_batch(targets, mesh), parallel.shard_batch(weights, mesh))
-        total = metlib.add_stats(total, parallel.tree_to_host(stats))
-    out = metlib.summarize(total)
-    out["windows"] = round(total["tokens"]) // tokens.shape[1]
-    return out
-
-
-# ------------------------------------------------------------------------------------ signals
-
-
-class StopFlag:
-    """Turns SIGTERM / SIGINT into a request to checkpoint and stop (a second SIGINT interrupts at once)."""
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-        self.signal: int | None = None
-        self._old = {}
-        for s in signals:
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: no handlers
-                pass
-
-    def _handle(self, signum, frame):
-        if self.signal == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def requested(self) -> bool:
-        """Whether any process got a stop signal (all processes agree, so they stop at the same step)."""
-        local = self.signal is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.asarray([local]))))
-
-    def restore(self) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-
-
-# ------------------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------------------------ checks
 
 
 def check_train_config(cfg: ml_collections.ConfigDict) -> None:
@@ -323,14 +99,15 @@ def claim_workdir(workdir: str) -> workdirlib.WorkdirLock | None:
         except ckpt.WorkdirError as err:
             error = err
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
         if not ok and error is None:
             error = ckpt.WorkdirError(f"process 0 could not use workdir {workdir} (its error says why).")
     if error is not None:
         raise error
     return lock
+
+
+# ------------------------------------------------------------------------------------ the run
 
 
 def train(
@@ -352,19 +129,45 @@ def train(
     ``config.json`` is written only with a checkpoint: a run that saves none leaves it as it was.
 
     Raises:
-      ConfigError / data.DataError: bad settings or data (nothing written but the workdir and its train.lock).
+      ConfigError / data.DataError: bad settings or data; nothing is written (a workdir this run created is
+      removed again, and so is the train.lock it added).
       checkpoint.WorkdirError: ``workdir`` holds a run of another model (nothing touched), is not a writable
       directory, is held by another training run, or holds checkpoints of which none is intact.
       NonFiniteLoss: NaN/inf loss or gradient; the last good checkpoint is kept, the bad state is not saved.
     """
     check_train_config(cfg)
     ckpt.check_resume(workdir, cfg)
-    lock = claim_workdir(workdir)
+    footprint = workdirlib.Footprint(workdir)
+    try:
+        lock = claim_workdir(workdir)
+    except ckpt.WorkdirError:
+        if jax.process_index() == 0:
+            footprint.undo()  # a directory this run created and could not use
+        raise
     try:
         return _train_claimed(cfg, workdir, mesh, progress, log, source)
+    except BaseException:
+        if lock is not None:  # refused before writing anything but its lock: leave the workdir as it was
+            footprint.undo(own=(workdirlib.LOCK_FILE,))
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _prepare_data(cfg: ml_collections.ConfigDict, source) -> tuple[datalib.PreparedData, stream.StreamFeed | None]:
+    """The run's data, and with ``data.streaming`` this host's batches and their position (sashimi_jax.stream).
+
+    Raises data.DataError when the train split cannot give one batch.
+    """
+    t = cfg.train
+    prepared = datalib.prepare(cfg.data, source)
+    if prepared.stream is None:
+        datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
+        return prepared, None
+    local_batch = int(t.batch_size) // jax.process_count()
+    feed = stream.StreamFeed(prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count())
+    return prepared, feed
 
 
 def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress: bool, log, source) -> dict:
@@ -372,23 +175,13 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     primary = jax.process_index() == 0
     say = log or (_write_line if primary else (lambda s: None))
     mesh = parallel.make_mesh() if mesh is None else mesh
-    t = cfg.train
-    parallel.check_batch_size(int(t.batch_size), mesh)
+    parallel.check_batch_size(int(cfg.train.batch_size), mesh)
     workdir_path = Path(workdir)
 
-    prepared = datalib.prepare(cfg.data, source)
-    feed = None  # streaming: this host's batches and their position (sashimi_jax.stream)
-    if prepared.stream is not None:
-        local_batch = int(t.batch_size) // jax.process_count()
-        feed = stream.StreamFeed(
-            prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count()
-        )
-    else:
-        datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
+    prepared, feed = _prepare_data(cfg, source)
     parts, params = build_model(cfg)
-    tx = optim.make_optimizer(t, parts.labels)
+    tx = optim.make_optimizer(cfg.train, parts.labels)
     host_state = init_state(cfg, params, tx)
-
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
         f"data: {'streamed' if feed else len(prepared.train)} train / {len(prepared.val)} val / "
@@ -397,8 +190,8 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     )
 
     abstract = ckpt.abstract_like(host_state, parallel.replicated(mesh))
-    manager, start, state = ckpt.restore_intact(
-        workdir_path, lambda: ckpt.open_manager(workdir_path, int(t.keep_ckpts)), abstract, say=say
+    manager, start, state = restore_intact(
+        workdir_path, lambda: ckpt.open_manager(workdir_path, int(cfg.train.keep_ckpts)), abstract, say=say
     )
     if start is not None:  # step 0 too: a run made by experiments/convert.py continues the official weights
         say(f"resumed from checkpoint {start} in {workdir_path / ckpt.CKPT_DIR}")
@@ -407,141 +200,139 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     else:
         start, state = 0, replicate(host_state, mesh)
     del host_state, params
-    plateau = plateau_values(parallel.tree_to_host(state["plateau"]))
-
-    runlog = RunLog(workdir_path, resume_step=start, enabled=primary, title=cfg.name)
     step_fn = make_train_step(parts, tx, cfg, mesh)
-    eval_fn = make_eval_step(parts, int(cfg.data.bits), mesh)
-    stop = StopFlag()
-    summary: dict[str, Any] = {"workdir": str(workdir_path), "start_step": start, "n_params": parts.n_params}
-    meter = _Meter()
-    last_val: dict | None = None
-    bar = None
-    if primary and progress:
-        from tqdm import tqdm
+    eval_fn = make_eval_step(parts.eval_graphdef, parts.rest, int(cfg.data.bits), mesh)
+    run = _Run(cfg, workdir_path, mesh, (prepared, feed), manager, state, (step_fn, eval_fn), say)
+    summary = {"workdir": str(workdir_path), "start_step": start, "n_params": parts.n_params}
+    return run.loop(start, summary, progress=primary and progress, own_log=log is not None)
 
-        bar = tqdm(total=int(t.num_steps), initial=start, unit="step", dynamic_ncols=True, desc=cfg.name)
-        if log is None:
-            say = tqdm.write
-    if start >= int(t.num_steps):
-        say(f"already trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
-    try:
-        for step in range(start, int(t.num_steps)):
-            if feed is None:
-                targets = datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), step)
-                targets = parallel.shard_batch(targets, mesh)
-            else:
-                targets = parallel.shard_local_batch(feed.next_batch(), mesh)
-            state, out = step_fn(state, targets)
-            out = {k: float(v) for k, v in parallel.tree_to_host(out).items()}
-            done = step + 1
-            if not _finite(out["loss"], out["grad_norm"]) or not out.pop("params_finite"):
-                manager.wait_until_finished()
-                raise NonFiniteLoss(nonfinite_message(out, done, manager.latest_step(), workdir_path / ckpt.CKPT_DIR))
-            if step == start:
-                first_s = time.perf_counter() - meter.t0
-                meter.exclude(first_s, steps=1)
-                say(f"step {done}: compiled and ran the train step in {first_s:.1f} s")
-            meter.add(out)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{out['loss']:.4f}", bpb=f"{out['loss'] / math.log(2):.3f}", refresh=False)
-            if done % t.log_every == 0 or done == t.num_steps:
-                rec = meter.flush(int(t.batch_size) * int(cfg.data.sample_len))
-                runlog.write("train", done, {**rec, **optim.learning_rates(t, step, plateau["scale"])})
 
-            val_loss = None
-            if done % t.eval_every == 0 or done == t.num_steps:
-                t_eval = time.perf_counter()
-                last_val = evaluate_tokens(
-                    eval_fn, eval_params(state), prepared.val, int(t.batch_size), mesh, int(t.eval_batches)
-                )
-                meter.pause(time.perf_counter() - t_eval)
-                if last_val is None:
-                    say("validation split is empty: no evaluation (the plateau schedule cannot act)")
-                else:
-                    val_loss = last_val["loss"]
-                    if t.schedule == "plateau" and math.isfinite(val_loss):
-                        new = optim.plateau_update(
-                            plateau, val_loss, t.plateau_factor, int(t.plateau_patience), t.plateau_threshold
-                        )
-                        plateau = plateau_values(plateau_arrays(new))  # exactly what a resumed run will read
-                        state["plateau"] = replicate(plateau_arrays(new), mesh)
-                    runlog.write("val", done, {**last_val, "plateau_scale": plateau["scale"]})
-                    runlog.plot()
-                    say(
-                        f"step {done}: val loss {val_loss:.4f} nats = {last_val['bpb']:.4f} bits/sample, "
-                        f"accuracy {last_val['accuracy']:.3f}, accuracy@10 {last_val['accuracy@10']:.3f} "
-                        f"({time.perf_counter() - t_eval:.1f} s)"
-                    )
+class _Run:
+    """The loop of one training run: steps, train records, validations and checkpoints (see :func:`train`)."""
 
-            stopping = stop.requested()
-            if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
-                if primary:  # the config goes with a checkpoint only: a run that saves none leaves config.json
-                    ckpt.write_config(workdir_path, cfg)
-                if feed is not None:  # the data position goes first: a checkpoint never exists without it
-                    stream.save_position(workdir_path, done, feed.position(), jax.process_index())
-                    stream.prune_positions(workdir_path, set(manager.all_steps()))
-                ckpt.save(manager, done, state, val_loss)
-            if stopping:
-                manager.wait_until_finished()
-                name = signal.Signals(stop.signal).name if stop.signal else "a stop signal on another process"
-                say(f"stopped by {name} at step {done}; checkpoint saved; rerun the same command to resume")
-                summary["stopped_by"] = name
-                break
-        manager.wait_until_finished()
-        summary.update(
-            final_step=parallel.to_host(state["step"]).item(),
-            val=last_val,
-            best_step=ckpt.best_step(manager),
-            latest_step=manager.latest_step(),
+    def __init__(self, cfg, workdir: Path, mesh, data: tuple, manager, state: dict, fns: tuple, say):
+        """``data``: (PreparedData, StreamFeed or None); ``fns``: (jitted train step, jitted eval step)."""
+        self.cfg, self.t, self.workdir, self.mesh = cfg, cfg.train, workdir, mesh
+        (self.prepared, self.feed), (self.step_fn, self.eval_fn) = data, fns
+        self.manager, self.state, self.say = manager, state, say
+        self.primary = jax.process_index() == 0
+        self.plateau = plateau_values(parallel.tree_to_host(state["plateau"]))
+        self.meter, self.bar, self.last_val = None, None, None
+
+    def batch(self, step: int) -> jax.Array:
+        """The global batch of ``step`` on the mesh (from the prepared windows, or this host's stream)."""
+        if self.feed is None:
+            targets = datalib.batch_at(self.prepared.train, int(self.t.batch_size), int(self.t.seed), step)
+            return parallel.shard_batch(targets, self.mesh)
+        return parallel.shard_local_batch(self.feed.next_batch(), self.mesh)
+
+    def loop(self, start: int, summary: dict, progress: bool, own_log: bool) -> dict:
+        """Train from step ``start`` to ``train.num_steps`` (or a stop signal); returns the completed summary."""
+        t = self.t
+        runlog = RunLog(self.workdir, resume_step=start, enabled=self.primary, title=self.cfg.name)
+        stop = StopFlag()
+        self.meter = Meter()
+        if progress:
+            self.bar = tqdm(total=int(t.num_steps), initial=start, unit="step", dynamic_ncols=True, desc=self.cfg.name)
+            if not own_log:
+                self.say = tqdm.write
+        if start >= int(t.num_steps):
+            self.say(f"already trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
+        try:
+            for step in range(start, int(t.num_steps)):
+                self.state, out = self.step_fn(self.state, self.batch(step))
+                done = step + 1
+                self.record(step, start, {k: float(v) for k, v in parallel.tree_to_host(out).items()}, runlog)
+                val_loss = self.validate(done, runlog) if done % t.eval_every == 0 or done == t.num_steps else None
+                stopping = stop.requested()
+                if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
+                    self.checkpoint(done, val_loss)
+                if stopping:
+                    self.manager.wait_until_finished()
+                    self.say(f"stopped by {stop.name()} at step {done}; checkpoint saved; rerun the same command to resume")
+                    summary["stopped_by"] = stop.name()
+                    break
+            self.manager.wait_until_finished()
+            summary.update(
+                final_step=parallel.to_host(self.state["step"]).item(),
+                val=self.last_val,
+                best_step=ckpt.best_step(self.manager),
+                latest_step=self.manager.latest_step(),
+            )
+            return summary
+        finally:
+            stop.restore()
+            if self.feed is not None:
+                self.feed.close()
+            if self.bar is not None:
+                self.bar.close()
+            self.manager.wait_until_finished()
+            self.manager.close()
+            runlog.close()
+
+    def record(self, step: int, start: int, out: dict, runlog: RunLog) -> None:
+        """Check one step's host stats (NonFiniteLoss), add them to the meter and write the train record when due."""
+        done = step + 1
+        if not _finite(out["loss"], out["grad_norm"]) or not out.pop("params_finite"):
+            self.manager.wait_until_finished()
+            latest = self.manager.latest_step()
+            raise NonFiniteLoss(nonfinite_message(out, done, latest, self.workdir / ckpt.CKPT_DIR))
+        if step == start:
+            first_s = time.perf_counter() - self.meter.t0
+            self.meter.exclude(first_s, steps=1)
+            self.say(f"step {done}: compiled and ran the train step in {first_s:.1f} s")
+        self.meter.add(out)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{out['loss']:.4f}", bpb=f"{out['loss'] / math.log(2):.3f}", refresh=False)
+        if done % self.t.log_every == 0 or done == self.t.num_steps:
+            rec = self.meter.flush(int(self.t.batch_size) * int(self.cfg.data.sample_len))
+            runlog.write("train", done, {**rec, **optim.learning_rates(self.t, step, self.plateau["scale"])})
+
+    def validate(self, done: int, runlog: RunLog) -> float | None:
+        """Evaluate on the validation split, step the plateau rule and log; returns the loss (None: empty split)."""
+        t, t_eval = self.t, time.perf_counter()
+        self.last_val = evaluate_tokens(
+            self.eval_fn, eval_params(self.state), self.prepared.val, int(t.batch_size), self.mesh, int(t.eval_batches)
         )
-        return summary
-    finally:
-        stop.restore()
-        if feed is not None:
-            feed.close()
-        if bar is not None:
-            bar.close()
-        manager.wait_until_finished()
-        manager.close()
-        runlog.close()
-
-
-class _Meter:
-    """Averages the training stats of the steps between two log lines, and their throughput."""
-
-    def __init__(self):
-        self.stats, self.grad_norm, self.steps, self.t0, self.paused = None, 0.0, 0, time.perf_counter(), 0.0
-        self.excluded = 0
-
-    def add(self, out: dict) -> None:
-        self.stats = metlib.add_stats(self.stats, {k: v for k, v in out.items() if k not in ("loss", "grad_norm")})
-        self.grad_norm += out["grad_norm"]
-        self.steps += 1
-
-    def pause(self, seconds: float) -> None:
-        """Exclude ``seconds`` (an evaluation) from the throughput."""
-        self.paused += seconds
-
-    def exclude(self, seconds: float, steps: int) -> None:
-        """Exclude ``steps`` steps that took ``seconds`` (compilation) from the throughput, not from the metrics."""
-        self.paused += seconds
-        self.excluded += steps
-
-    def flush(self, samples_per_step: int) -> dict:
-        """The window's metric table plus grad_norm, steps/s and samples/s; starts a new window."""
-        elapsed = max(time.perf_counter() - self.t0 - self.paused, 1e-9)
-        timed = self.steps - self.excluded
-        rec = metlib.summarize(self.stats)
-        rec.update(
-            grad_norm=self.grad_norm / self.steps,
-            steps_per_s=timed / elapsed if timed else None,
-            samples_per_s=timed * samples_per_step / elapsed if timed else None,
+        self.meter.pause(time.perf_counter() - t_eval)
+        if self.last_val is None:
+            self.say("validation split is empty: no evaluation (the plateau schedule cannot act)")
+            return None
+        val_loss = self.last_val["loss"]
+        if t.schedule == "plateau" and math.isfinite(val_loss):
+            new = optim.plateau_update(self.plateau, val_loss, t.plateau_factor, int(t.plateau_patience), t.plateau_threshold)
+            self.plateau = plateau_values(plateau_arrays(new))  # exactly what a resumed run will read
+            self.state["plateau"] = replicate(plateau_arrays(new), self.mesh)
+        runlog.write("val", done, {**self.last_val, "plateau_scale": self.plateau["scale"]})
+        runlog.plot()
+        self.say(
+            f"step {done}: val loss {val_loss:.4f} nats = {self.last_val['bpb']:.4f} bits/sample, "
+            f"accuracy {self.last_val['accuracy']:.3f}, accuracy@10 {self.last_val['accuracy@10']:.3f} "
+            f"({time.perf_counter() - t_eval:.1f} s)"
         )
-        self.__init__()
-        return rec
+        return val_loss
+
+    def checkpoint(self, done: int, val_loss: float | None) -> None:
+        """Save checkpoint ``done`` (with the config, and first the stream position when streaming)."""
+        if self.primary:  # the config goes with a checkpoint only: a run that saves none leaves config.json
+            ckpt.write_config(self.workdir, self.cfg)
+        if self.feed is not None:  # the data position goes first: a checkpoint never exists without it
+            stream.save_position(self.workdir, done, self.feed.position(), jax.process_index())
+            stream.prune_positions(self.workdir, set(self.manager.all_steps()))
+        ckpt.save(self.manager, done, self.state, val_loss)
 
 
 def _write_line(s: str) -> None:
     print(s, flush=True)
+
+
+__all__ = [
+    "NonFiniteLoss",
+    "TrainError",
+    "check_train_config",
+    "claim_workdir",
+    "default_workdir",
+    "nonfinite_message",
+    "train",
+]

@@ -4,6 +4,8 @@
 * :func:`ensure_writable` (writers: train, the output of evaluate and generate): the directory exists or can be
   created, and a file can be written in it; otherwise one sentence says why (a regular file in the way,
   a read-only filesystem, no permission).
+* :class:`Footprint`: what a directory held before a command touched it, so that a command refused before it
+  wrote anything (bad data, no intact checkpoint) can leave a directory it created exactly as it found it.
 * :class:`WorkdirLock` / :func:`lock_workdir`: an exclusive ``fcntl.flock`` on ``<workdir>/train.lock``, taken by
   the training run (by process 0 of a multi-host run, the process that writes config, logs and metrics).
   The kernel releases the lock when its process dies (kill -9, a crash), so a lock left by a dead process never
@@ -82,6 +84,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
+class Footprint:
+    """What ``path`` held before a command touched it: the directories it will create, the entries already there.
+
+    :meth:`undo` puts ``path`` back as it was after a refused command that wrote nothing but ``own`` files
+    (e.g. its ``train.lock``): those files if they are new, then the directories it created, deepest first.
+    Anything else new, and everything that was there before, is left alone: nothing is ever deleted but
+    what the command itself created and left empty.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        self.before = set(os.listdir(self.path)) if self.path.is_dir() else set()
+
+    def undo(self, own: tuple[str, ...] = ()) -> None:
+        """Remove the new ``own`` files of ``path`` (only if nothing else new is there), then the new empty directories."""
+        try:
+            new = set(os.listdir(self.path)) - self.before if self.path.is_dir() else set()
+            if new and new <= set(own):
+                for name in new:
+                    (self.path / name).unlink()
+            for d in self.created:
+                d.rmdir()  # fails (and stops) at the first one that is not empty
+        except OSError:
+            pass
+
+
 class WorkdirLock:
     """An exclusive, non-blocking ``flock`` on ``<workdir>/train.lock`` (see the module docstring).
 
@@ -158,6 +187,6 @@ def lock_workdir(workdir: str | os.PathLike) -> WorkdirLock:
 
 
 __all__ = [
-    "LOCK_FILE", "WorkdirError", "WorkdirLock", "atomic_write", "check_run_dir", "ensure_writable", "in_use",
+    "LOCK_FILE", "Footprint", "WorkdirError", "WorkdirLock", "atomic_write", "check_run_dir", "ensure_writable", "in_use",
     "lock_workdir", "write_text_atomic",
 ]

@@ -24,6 +24,8 @@ SHARED_AUDIO = REPO.parent / "shared" / "audio"
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 
+from tiny_run import env, reference, short_run  # noqa: E402, F401 -- session fixtures of the tiny training run
+
 
 @pytest.fixture
 def repo() -> Path:

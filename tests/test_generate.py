@@ -1,9 +1,12 @@
-"""The generation CLI and its library (sashimi_jax.generate): WAVs with the prompt first, ranking, bad input."""
+"""Generation runs (sashimi_jax.generate) and the generation CLI: WAVs with the prompt first and ranking, bad
+input refused with one sentence, and a generation refused for want of an intact checkpoint writes nothing, not
+even an empty output directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import DEMO, REPO, TINY
+from tiny_run import damage, latest_steps, snapshot
 
-from sashimi_jax import generate as genlib
-from sashimi_jax import load_config, mulaw
+from sashimi_jax import audio, generate, load_config, mulaw, optim, train_step
+from sashimi_jax import checkpoint as ckpt
+from sashimi_jax.workdir import WorkdirError
 
 GEN_CLI = str(REPO / "experiments" / "generate.py")
 
@@ -39,15 +44,12 @@ def compile_cache(tmp_path_factory):
 def run_dir(tmp_path_factory) -> Path:
     """A training run directory in the layout of experiments/train.py (config.json + one orbax checkpoint)
     holding the tiny model's initial parameters: what generation needs, without training."""
-    from sashimi_jax import checkpoint as ckpt
-    from sashimi_jax import optim, train
-
     root = tmp_path_factory.mktemp("gen")
     workdir = root / "runs" / "tiny"
     workdir.mkdir(parents=True)
     cfg = load_config(DEMO, TINY)
-    parts, params = train.build_model(cfg)
-    state = train.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    parts, params = train_step.build_model(cfg)
+    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
     ckpt.write_config(workdir, cfg)
     manager = ckpt.open_manager(workdir)
     ckpt.save(manager, 1, state, val_loss=5.0)
@@ -82,13 +84,11 @@ def test_cli_writes_wavs_with_the_prompt_first(run_dir, prompt_file, tmp_path):
     res = cli(
         "--workdir", str(run_dir), "--out", str(out), "--seconds", "1.25", "--num_samples", "3",
         "--prompt", str(prompt_file), "--prompt_seconds", "0.5013", "--temp", "0.8", "--top_p", "0.95",
-        "--chunk_seconds", "0.3", "--rank", "filter",
+        "--seconds_per_call", "0.3", "--rank", "filter",
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "sample_00.wav").read_bytes() == b"an earlier result"
-    from sashimi_jax import data
-
-    prompt = data.encode_prompt(prompt_file, 16000, 0.5013)
+    prompt = audio.encode_prompt(prompt_file, 16000, 0.5013)
     assert prompt.shape == (8021,)
     expect = mulaw.mu_law_decode(prompt)
     ranking = json.loads((out / "sample2_ranking.json").read_text())
@@ -107,47 +107,6 @@ def test_cli_writes_wavs_with_the_prompt_first(run_dir, prompt_file, tmp_path):
         waves.append(x)
     assert not np.array_equal(waves[0][8021:], waves[1][8021:])  # the streams differ after the prompt
     assert np.abs(waves[0][8021:]).max() > 0
-
-
-def test_default_workdir_is_the_newest_demo_run(tmp_path):
-    root = tmp_path / "runs"
-    for name, cfg_name, stamp in [("a", "demo", 100), ("b", "demo", 200), ("c", "bigband_2layer", 300)]:
-        d = root / name
-        (d / "checkpoints" / "10").mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps({"name": cfg_name}))
-        os.utime(d / "checkpoints", (stamp, stamp))
-    assert genlib.find_default_workdir(root) == root / "b"
-    (root / "demo" / "checkpoints" / "5").mkdir(parents=True)
-    (root / "demo" / "config.json").write_text(json.dumps({"name": "demo"}))
-    assert genlib.find_default_workdir(root) == root / "demo"
-    with pytest.raises(genlib.GenerateError, match="train one"):
-        genlib.find_default_workdir(tmp_path / "nothing")
-
-
-@pytest.mark.parametrize(
-    "field, value, words",
-    [
-        ("top_p", 1.5, "top_p"),
-        ("temperature", -1.0, "temperature"),
-        ("top_k", -1, "top_k"),
-        ("seconds", 0.0, "--seconds"),
-        ("num_samples", 0, "--num_samples"),
-        ("rank", "most", "--rank"),
-        ("chunk_seconds", -2.0, "--chunk_seconds"),
-        ("prompt_seconds", 1.0, "--prompt"),
-    ],
-)
-def test_bad_requests_are_refused(field, value, words):
-    with pytest.raises(ValueError, match=words):
-        genlib.check_request(genlib.Request(**{field: value}))
-
-
-def test_rank_keep():
-    nll = [3.0, 1.0, 2.0, 5.0, 4.0]
-    assert genlib.rank_keep(nll, "best") == [1]
-    assert genlib.rank_keep(nll, "filter") == [1, 2, 0]  # worst 40% (2) dropped, best 5% of 5 = none
-    assert genlib.rank_keep(list(range(20)), "filter") == list(range(1, 12))
-    assert genlib.rank_keep(nll, "none") == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("case", ["missing_workdir", "corrupt_prompt", "bad_top_p", "corrupt_checkpoint"])
@@ -176,3 +135,30 @@ def test_cli_bad_inputs_fail_with_one_sentence(case, run_dir, tmp_path):
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert errors[0].rstrip().endswith("."), errors[0]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written, nothing lost
+
+
+def test_no_intact_checkpoint_leaves_no_output_directory(env, reference, tmp_path):
+    workdir = tmp_path / "all"
+    shutil.copytree(reference[0], workdir)
+    for step in latest_steps(workdir):
+        damage(workdir / "checkpoints" / str(step), "truncate")
+
+    def request(out=None):
+        return generate.Request(workdir=str(workdir), out=out, seconds=0.05, num_samples=1, spectrogram=False,
+                                progress=False)
+
+    with pytest.raises(WorkdirError, match=r"^no intact checkpoint in "):
+        generate.run(request(), log=lambda s: None)
+    assert not (workdir / "samples").exists() and (workdir / "damaged").is_dir()
+    with pytest.raises(WorkdirError, match=r"holds no checkpoint"):  # all moved aside by now
+        generate.run(request(str(tmp_path / "new" / "out")), log=lambda s: None)
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "earlier.wav").write_bytes(b"an earlier result")
+    before = snapshot(kept)
+    with pytest.raises(WorkdirError):
+        generate.run(request(str(kept)), log=lambda s: None)
+    assert snapshot(kept) == before
+
+

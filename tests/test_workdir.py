@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sashimi_jax.workdir import LOCK_FILE, WorkdirError, check_run_dir, ensure_writable, in_use, lock_workdir
+from sashimi_jax.workdir import LOCK_FILE, Footprint, WorkdirError, check_run_dir, ensure_writable, in_use, lock_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 # Loads workdir.py alone (standard library only), without the package's JAX import: starts in a blink.
@@ -80,3 +80,24 @@ def test_in_use_sees_a_holder_without_taking_the_lock(tmp_path):
     with lock_workdir(tmp_path):
         assert in_use(tmp_path)  # the probe does not take (or drop) a lock this process holds
         assert in_use(tmp_path)
+
+
+def test_footprint_undoes_only_what_a_refused_command_created(tmp_path):
+    new = tmp_path / "a" / "b"
+    footprint = Footprint(new)
+    new.mkdir(parents=True)
+    (new / LOCK_FILE).write_text("{}")
+    footprint.undo(own=(LOCK_FILE,))
+    assert not (tmp_path / "a").exists()  # the lock it added, then both directories it created
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    footprint = Footprint(old)
+    (old / LOCK_FILE).write_text("{}")
+    (old / "metrics.jsonl").write_text("{}")  # the command wrote more than its lock: nothing is removed
+    footprint.undo(own=(LOCK_FILE,))
+    assert sorted(p.name for p in old.iterdir()) == ["metrics.jsonl", "notes.txt", LOCK_FILE]
+    (old / "metrics.jsonl").unlink()
+    Footprint(old).undo(own=(LOCK_FILE,))  # a lock file that was there before is never removed
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt", LOCK_FILE]

@@ -1,0 +1,43 @@
+"""Generation requests (sashimi_jax.generate_request): flags checked before anything loads, the default run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sashimi_jax import generate_request as genlib
+
+
+def test_default_workdir_is_the_newest_demo_run(tmp_path):
+    root = tmp_path / "runs"
+    for name, cfg_name, stamp in [("a", "demo", 100), ("b", "demo", 200), ("c", "bigband_2layer", 300)]:
+        d = root / name
+        (d / "checkpoints" / "10").mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"name": cfg_name}))
+        os.utime(d / "checkpoints", (stamp, stamp))
+    assert genlib.find_default_workdir(root) == root / "b"
+    (root / "demo" / "checkpoints" / "5").mkdir(parents=True)
+    (root / "demo" / "config.json").write_text(json.dumps({"name": "demo"}))
+    assert genlib.find_default_workdir(root) == root / "demo"
+    with pytest.raises(genlib.GenerateError, match="train one"):
+        genlib.find_default_workdir(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("top_p", 1.5, "top_p"),
+        ("temperature", -1.0, "temperature"),
+        ("top_k", -1, "top_k"),
+        ("seconds", 0.0, "--seconds"),
+        ("num_samples", 0, "--num_samples"),
+        ("rank", "most", "--rank"),
+        ("seconds_per_call", -2.0, "--seconds_per_call"),
+        ("prompt_seconds", 1.0, "--prompt"),
+    ],
+)
+def test_bad_requests_are_refused(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        genlib.check_request(genlib.Request(**{field: value}))
