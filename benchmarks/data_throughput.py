@@ -117,15 +117,15 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     """samples/s of the train step fed from the prepared cache and from the stream (same compiled step)."""
     import jax
 
-    from sashimi_jax import optim, parallel, stream, train
+    from sashimi_jax import optim, parallel, stream, train_step
     from sashimi_jax.batches import batch_at
 
     mesh = parallel.make_mesh()
     t = cfg.train
-    parts, params = train.build_model(cfg)
+    parts, params = train_step.build_model(cfg)
     tx = optim.make_optimizer(t, parts.labels)
-    state = train.replicate(train.init_state(cfg, params, tx), mesh)
-    step_fn = train.make_train_step(parts, tx, cfg, mesh)
+    state = train_step.replicate(train_step.init_state(cfg, params, tx), mesh)
+    step_fn = train_step.make_train_step(parts, tx, cfg, mesh)
     batch, length = int(t.batch_size), int(cfg.data.sample_len)
     t0 = time.perf_counter()
     state, out = step_fn(state, parallel.shard_batch(batch_at(prepared.train, batch, 0, 0), mesh))

@@ -7,14 +7,14 @@
 
 For every (config, batch) case, in a fresh subprocess (separate memory), with random initial weights:
 
-* ``compile_s``: ahead-of-time compilation of the chunk program (sashimi_jax.sample.run_frames), split
+* ``compile_s``: ahead-of-time compilation of the chunk program (sashimi_jax.generator.run_frames), split
   over the devices that divide the batch, or pipelined over two when none does (batch 1; ``devices``; on
   a CPU one device per core, as ``experiments/generate.py`` does, unless ``--cpu_devices`` says otherwise);
 * ``samples_per_s_per_stream`` (best of ``--repeats`` timed runs of ``--samples`` samples per stream after
   one warm-up run) and ``aggregate_samples_per_s`` = batch x that; ``median_*`` likewise;
   ``real_time_factor`` = per-stream rate / 16000 (> 1: faster than real time);
 * ``prefill_s``: taking in a ``--prompt_seconds`` prompt (shared by the batch) in parallel mode
-  (``sample.start``), after its compilation (``prefill_compile_s``, compile + first run).
+  (``Generator.start``), after its compilation (``prefill_compile_s``, compile + first run).
 
 The machine's load average is recorded too: the 2 CPU cores here are shared, so rates move with it.
 Reference PyTorch generation on the same kind of machine (REFERENCE.md, dense step): 633 / 230 samples/s
@@ -50,15 +50,14 @@ def run_case(
     import numpy as np
     from flax import nnx
 
-    from sashimi_jax import load_config, sample
+    from sashimi_jax import generator, load_config, sampling as rules
     from sashimi_jax.sashimi import SaShiMi
 
     cfg = load_config(REPO / "configs" / f"{config}.py")
     model = SaShiMi(cfg.model, rngs=nnx.Rngs(0))
-    s = sample.check_sampling(*sampling)
-    gen = sample.Generator(model, s, chunk=samples, reps=reps)
+    gen = generator.Generator(model, rules.check_sampling(*sampling), samples_per_call=samples, centre_steps=reps)
     frames = gen.max_frames
-    carry = sample.start(model, batch, frame=gen.frame)
+    carry = gen.start(batch)
     key = jax.random.key(0)
     fn, consts, place = gen.program(batch)  # the batch split over the devices that divide it
     args = place((carry.state, carry.known, carry.n_known, jnp.asarray(frames, jnp.int32), key))
@@ -97,10 +96,10 @@ def run_case(
     if prompt_seconds > 0:
         prompt = np.random.default_rng(0).integers(0, 256, int(prompt_seconds * RATE), dtype=np.int32)
         t0 = time.perf_counter()
-        jax.block_until_ready(sample.start(model, batch, prompt))
+        jax.block_until_ready(gen.start(batch, prompt))
         result["prefill_compile_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        jax.block_until_ready(sample.start(model, batch, prompt))
+        jax.block_until_ready(gen.start(batch, prompt))
         result["prefill_s"] = round(time.perf_counter() - t0, 3)
         result["prompt_seconds"] = prompt_seconds
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -128,7 +127,7 @@ def main() -> None:
 
         runtime.cpu_devices(a.cpu_devices or None)  # as experiments/generate.py: a CPU device per core
         config, batch = a.case.split(":")
-        from sashimi_jax.sample import DEFAULT_REPS
+        from sashimi_jax.frames import DEFAULT_CENTRE_STEPS as DEFAULT_REPS
 
         reps = a.reps or DEFAULT_REPS
         print(json.dumps(run_case(config, int(batch), a.samples, a.repeats, a.prompt_seconds, sampling, reps)))

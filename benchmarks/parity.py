@@ -8,7 +8,7 @@
    ``train[rng.integers(len(train))]`` with ``rng = np.random.default_rng(seed)``, AdamW lr 0.004 for every
    parameter (SSM ones too), betas (0.9, 0.999), no weight decay, constant rate, no clipping; the loss of each
    step before its update; then the mean NLL over every evaluation window. Our model, optimizer and train
-   step (sashimi_jax.train.make_train_step). Windows come from ``brahms_4096.npy`` / ``trumpet_4096.npy``, or
+   step (sashimi_jax.train_step.make_train_step). Windows come from ``brahms_4096.npy`` / ``trumpet_4096.npy``, or
    from any recordings (``--train_audio`` / ``--eval_audio``, cut the reference's way by the data pipeline).
    The official curves (``ref_curve_brahms_s*.json``) are printed beside ours when the data is theirs.
 2. Ten steps from the official weights: ``l2.pt`` converted (sashimi_jax.convert), ten of our train steps on
@@ -48,20 +48,21 @@ class Trainer:
         import jax
         from flax import nnx
 
-        from sashimi_jax import data, metrics, optim, parallel, train
+        from sashimi_jax import metrics, optim, parallel, train_step
+        from sashimi_jax.mulaw import shift_inputs
 
         self.cfg, self.mesh = cfg, parallel.make_mesh(jax.devices()[:1])
-        self.parts, init = train.build_model(cfg)
+        self.parts, init = train_step.build_model(cfg)
         params = init if params is None else params
         tx = optim.make_optimizer(cfg.train, self.parts.labels)
-        self.state = train.replicate(train.init_state(cfg, params, tx), self.mesh)
-        self.step_fn = train.make_train_step(self.parts, tx, cfg, self.mesh)
+        self.state = train_step.replicate(train_step.init_state(cfg, params, tx), self.mesh)
+        self.step_fn = train_step.make_train_step(self.parts, tx, cfg, self.mesh)
         bits = int(cfg.data.bits)
 
         @jax.jit
         def nll(params, targets):
             model = nnx.merge(self.parts.eval_graphdef, params, self.parts.rest)
-            return metrics.mean_nll(model(data.shift_inputs(targets, bits)), targets)
+            return metrics.mean_nll(model(shift_inputs(targets, bits)), targets)
 
         self._nll = nll
 
@@ -75,9 +76,9 @@ class Trainer:
 
 def audio_windows(path: str, length: int = 4096) -> np.ndarray:
     """The reference's windows of a recording: 16 kHz mono, non-overlapping, each min-max scaled and mu-law encoded."""
-    from sashimi_jax import data
+    from sashimi_jax import audio
 
-    return data.window_tokens(data.load_audio(path, 16000), length, 8)
+    return audio.window_tokens(audio.load_audio(path, 16000), length, 8)
 
 
 def curve(seed: int, steps: int, train_w: np.ndarray, eval_w: np.ndarray, overrides: list[str]) -> dict:

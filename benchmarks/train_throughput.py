@@ -44,7 +44,7 @@ def run_case(config: str, length: int, batch_size: int, steps: int, overrides: l
     import jax
     import numpy as np
 
-    from sashimi_jax import load_config, optim, parallel, train
+    from sashimi_jax import load_config, optim, parallel, train_step
 
     cfg = load_config(
         REPO / "configs" / f"{config}.py", [f"data.sample_len={length}", f"train.batch_size={batch_size}", *overrides]
@@ -52,13 +52,13 @@ def run_case(config: str, length: int, batch_size: int, steps: int, overrides: l
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch_size, mesh)
     t0 = time.perf_counter()
-    parts, params = train.build_model(cfg)
+    parts, params = train_step.build_model(cfg)
     tx = optim.make_optimizer(cfg.train, parts.labels)
-    state = train.replicate(train.init_state(cfg, params, tx), mesh)
+    state = train_step.replicate(train_step.init_state(cfg, params, tx), mesh)
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     batches = [parallel.shard_batch(rng.integers(0, 256, (batch_size, length), dtype=np.int32), mesh) for _ in range(2)]
-    step = train.make_train_step(parts, tx, cfg, mesh)
+    step = train_step.make_train_step(parts, tx, cfg, mesh)
     rss_before = rss_peak_gb()
     t0 = time.perf_counter()
     compiled = step.lower(state, batches[0]).compile()

@@ -29,7 +29,7 @@ def main(args: scripts.Parsed):
     runtime.quiet_logs()
     if not _WORKDIR.value:
         scripts.fail("--workdir is required: pass the directory of a training run (e.g. runs/demo).", code=2)
-    from sashimi_jax import checkpoint, data
+    from sashimi_jax import audio, checkpoint, sources
     from sashimi_jax.evaluate import evaluate_run
 
     runtime.enable_compile_cache(_CACHE.value)
@@ -37,7 +37,7 @@ def main(args: scripts.Parsed):
         result = evaluate_run(_WORKDIR.value, _SPLIT.value, _BATCH.value, _WHICH.value)
     except ConfigError as err:
         scripts.fail(str(err), code=2)
-    except (data.DataError, data.AudioError, checkpoint.WorkdirError) as err:
+    except (sources.DataError, audio.AudioError, checkpoint.WorkdirError) as err:
         scripts.fail(str(err))
     print(json.dumps(result, indent=1), flush=True)
 

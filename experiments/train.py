@@ -44,7 +44,7 @@ def main(args: scripts.Parsed):
     if len(args.argv) > 1:
         scripts.fail(f"unexpected arguments {args.argv[1:]}; flags look like --config.train.lr=0.001.", code=2)
     runtime.quiet_logs()
-    from sashimi_jax import checkpoint, data, parallel, train
+    from sashimi_jax import audio, checkpoint, parallel, sources, train
 
     cfg = args.config
     try:
@@ -54,7 +54,7 @@ def main(args: scripts.Parsed):
         summary = train.train(cfg, _WORKDIR.value or train.default_workdir(cfg))
     except ConfigError as err:
         scripts.fail(str(err), code=2)
-    except (data.DataError, data.AudioError, checkpoint.WorkdirError, train.TrainError) as err:
+    except (sources.DataError, audio.AudioError, checkpoint.WorkdirError, train.TrainError) as err:
         scripts.fail(str(err))
     import jax
 

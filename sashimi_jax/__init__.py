@@ -1,8 +1,9 @@
 """sashimi-jax: SaShiMi (autoregressive S4 raw-audio model) in JAX / Flax NNX.
 
-A sample's path: audio file -> :mod:`sashimi_jax.data` (decode, 16 kHz mono, mu-law tokens via
-:mod:`sashimi_jax.mulaw`) -> :class:`SaShiMi` (:mod:`sashimi_jax.sashimi`, built from :mod:`sashimi_jax.s4`
-layers) -> logits -> :mod:`sashimi_jax.train` (loss) or :mod:`sashimi_jax.sample` (next token -> WAV).
+A sample's path: audio file -> :mod:`sashimi_jax.audio` (decode, 16 kHz mono, mu-law tokens via
+:mod:`sashimi_jax.mulaw`) -> :class:`SaShiMi` (:mod:`sashimi_jax.sashimi`, blocks in :mod:`sashimi_jax.layers`,
+S4 layers in :mod:`sashimi_jax.s4`) -> logits -> :mod:`sashimi_jax.train` (loss) or :mod:`sashimi_jax.generator`
+(next token, frame by frame) -> WAV (:mod:`sashimi_jax.generate`). ARCHITECTURE.md maps every module.
 """
 
 from sashimi_jax.config import ConfigError, load_config

@@ -8,11 +8,8 @@ mu-law zero first (:func:`shift_inputs`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
 import numpy as np
 
-from sashimi_jax.mulaw import array_module
 from sashimi_jax.sources import DataError
 
 
@@ -59,17 +56,3 @@ def batch_at(tokens: np.ndarray, batch_size: int, seed: int, step: int) -> np.nd
     epoch, b = divmod(step, per_epoch)
     order = epoch_order(len(tokens), seed, epoch)
     return np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
-
-
-def shift_inputs(targets: Any, bits: int = 8) -> Any:
-    """Model inputs from targets: shifted right by one along the last axis, the mu-law zero first.
-
-    Args:
-      targets: int (..., L) NumPy or JAX array.
-    Returns:
-      int32 (..., L): inputs[..., 0] = 2**(bits-1) (128), inputs[..., t] = targets[..., t-1].
-    """
-    xp = array_module(targets)
-    targets = xp.asarray(targets, dtype=xp.int32)
-    first = xp.full(targets.shape[:-1] + (1,), 2 ** (bits - 1), dtype=xp.int32)
-    return xp.concatenate([first, targets[..., :-1]], axis=-1)

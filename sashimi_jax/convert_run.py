@@ -1,6 +1,6 @@
 """An official checkpoint -> a run directory that training can resume: the training-side writer.
 
-A run directory's checkpoints hold the whole train state (:func:`sashimi_jax.train.init_state`: step,
+A run directory's checkpoints hold the whole train state (:func:`sashimi_jax.train_step.init_state`: step,
 parameters, optimizer moments, plateau state, RNG, EMA), because ``train.py`` resumes from the latest one
 and restores it whole. So a converted run needs that state built around the official weights, with a
 fresh optimizer: this module is the one place of the conversion that imports training modules (``train``,
@@ -17,7 +17,7 @@ import ml_collections
 
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import optim
-from sashimi_jax import train as trainlib
+from sashimi_jax import train_step
 from sashimi_jax.official import MODEL_FIELDS, load_official, tuple_or
 from sashimi_jax.workdir import WorkdirError
 
@@ -40,8 +40,8 @@ def write_run(path: str | os.PathLike, workdir: str | os.PathLike, cfg: ml_colle
     if ckpt.has_checkpoints(workdir) or (workdir / ckpt.CONFIG_FILE).exists():
         raise WorkdirError(f"{workdir} already holds a run; pass a new --workdir (nothing was written).")
     workdir.mkdir(parents=True, exist_ok=True)
-    parts, _ = trainlib.build_model(cfg)
-    state = trainlib.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    parts, _ = train_step.build_model(cfg)
+    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
     ckpt.write_config(workdir, cfg)
     manager = ckpt.open_manager(workdir)
     try:

@@ -25,12 +25,14 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from sashimi_jax import data as datalib
 from sashimi_jax import metrics as metlib
 from sashimi_jax import parallel
 from sashimi_jax import workdir as workdirlib
 from sashimi_jax.config import ConfigError
+from sashimi_jax.mulaw import shift_inputs
 from sashimi_jax.params import restore_model
+from sashimi_jax.prepared import prepare
+from sashimi_jax.sources import DataError
 from sashimi_jax.workdir import write_text_atomic
 
 SPLITS = ("test", "val", "train")
@@ -47,7 +49,7 @@ def eval_stats(graphdef: Any, rest: Any, params: Any, targets: jax.Array, weight
       params: its parameters (pure dict). targets: int32 (B, L) tokens. weights: float32 (B,), 0 = padding.
     """
     model = nnx.merge(graphdef, params, rest)
-    logits = model(datalib.shift_inputs(targets, bits))
+    logits = model(shift_inputs(targets, bits))
     return metlib.token_stats(logits, targets, weights)
 
 
@@ -137,9 +139,9 @@ def evaluate_run(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     bs = eval_batch_size(batch_size, cfg.train.batch_size, mesh.devices.size)
     parallel.check_batch_size(bs, mesh, "--batch_size")
-    tokens = getattr(datalib.prepare(cfg.data), split)
+    tokens = getattr(prepare(cfg.data), split)
     if len(tokens) == 0:
-        raise datalib.DataError(f"the {split} split of {cfg.data.source} has no windows; evaluate another split.")
+        raise DataError(f"the {split} split of {cfg.data.source} has no windows; evaluate another split.")
     eval_fn = make_eval_step(graphdef, nnx.to_pure_dict(rest), int(cfg.data.bits), mesh)
     table = evaluate_tokens(eval_fn, nnx.to_pure_dict(params), tokens, bs, mesh, progress=True)
     result = {

@@ -91,3 +91,17 @@ def encode_window(x: Any, bits: int = 8) -> Any:
       int32 codes of ``x``'s shape in [0, 2**bits - 1].
     """
     return mu_law_encode(minmax_scale(x, axis=-1), bits=bits)
+
+
+def shift_inputs(targets: Any, bits: int = 8) -> Any:
+    """Model inputs from targets: shifted right by one along the last axis, the mu-law zero first.
+
+    Args:
+      targets: int (..., L) NumPy or JAX array.
+    Returns:
+      int32 (..., L): inputs[..., 0] = 2**(bits-1) (128), inputs[..., t] = targets[..., t-1].
+    """
+    xp = array_module(targets)
+    targets = xp.asarray(targets, dtype=xp.int32)
+    first = xp.full(targets.shape[:-1] + (1,), 2 ** (bits - 1), dtype=xp.int32)
+    return xp.concatenate([first, targets[..., :-1]], axis=-1)

@@ -22,14 +22,16 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from sashimi_jax import checkpoint as ckpt
-from sashimi_jax import data as datalib
 from sashimi_jax import optim, parallel, stream
 from sashimi_jax import workdir as workdirlib
+from sashimi_jax.batches import batch_at
 from sashimi_jax.config import ConfigError
 from sashimi_jax.damage import restore_intact
 from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
 from sashimi_jax.logs import Meter, RunLog
+from sashimi_jax.prepared import PreparedData, prepare
 from sashimi_jax.signals import StopFlag
+from sashimi_jax.sources import DatasetSource
 from sashimi_jax.train_step import (
     build_model,
     eval_params,
@@ -117,11 +119,11 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    source: datalib.DatasetSource | None = None,
+    source: DatasetSource | None = None,
 ) -> dict:
     """Train (or resume) the run of ``cfg`` in ``workdir``; returns a summary dict.
 
-    ``source`` (e.g. ``data.from_dataset(ds)``) replaces ``cfg.data.source``.
+    ``source`` (e.g. ``sources.from_dataset(ds)``) replaces ``cfg.data.source``.
 
     Rerunning with the same config and workdir resumes from the latest intact checkpoint and ends with
     bit-identical parameters to an uninterrupted run. SIGTERM / SIGINT write a checkpoint and return early
@@ -129,7 +131,7 @@ def train(
     ``config.json`` is written only with a checkpoint: a run that saves none leaves it as it was.
 
     Raises:
-      ConfigError / data.DataError: bad settings or data; nothing is written (a workdir this run created is
+      ConfigError / sources.DataError: bad settings or data; nothing is written (a workdir this run created is
       removed again, and so is the train.lock it added).
       checkpoint.WorkdirError: ``workdir`` holds a run of another model (nothing touched), is not a writable
       directory, is held by another training run, or holds checkpoints of which none is intact.
@@ -155,15 +157,15 @@ def train(
             lock.release()
 
 
-def _prepare_data(cfg: ml_collections.ConfigDict, source) -> tuple[datalib.PreparedData, stream.StreamFeed | None]:
+def _prepare_data(cfg: ml_collections.ConfigDict, source) -> tuple[PreparedData, stream.StreamFeed | None]:
     """The run's data, and with ``data.streaming`` this host's batches and their position (sashimi_jax.stream).
 
-    Raises data.DataError when the train split cannot give one batch.
+    Raises sources.DataError when the train split cannot give one batch.
     """
     t = cfg.train
-    prepared = datalib.prepare(cfg.data, source)
+    prepared = prepare(cfg.data, source)
     if prepared.stream is None:
-        datalib.batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
+        batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
         return prepared, None
     local_batch = int(t.batch_size) // jax.process_count()
     feed = stream.StreamFeed(prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count())
@@ -222,7 +224,7 @@ class _Run:
     def batch(self, step: int) -> jax.Array:
         """The global batch of ``step`` on the mesh (from the prepared windows, or this host's stream)."""
         if self.feed is None:
-            targets = datalib.batch_at(self.prepared.train, int(self.t.batch_size), int(self.t.seed), step)
+            targets = batch_at(self.prepared.train, int(self.t.batch_size), int(self.t.seed), step)
             return parallel.shard_batch(targets, self.mesh)
         return parallel.shard_local_batch(self.feed.next_batch(), self.mesh)
 

@@ -2,7 +2,7 @@
 
 Train state (a pytree of replicated arrays, saved whole in every checkpoint)::
 
-    step      int32 ()  optimizer steps done; the data position (batch of step s = data.batch_at(..., s))
+    step      int32 ()  optimizer steps done; the data position (batch of step s = batches.batch_at(..., s))
     params    pure dict of float32 arrays (nnx.Param and SSMParam of the model)
     opt_state optax state (AdamW moments and schedule counts, per group)
     plateau   {"scale": f32, "best": f32, "bad": i32} the ReduceLROnPlateau state (optim.plateau_update)
@@ -27,9 +27,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sashimi_jax import data as datalib
 from sashimi_jax import metrics as metlib
 from sashimi_jax import optim, parallel
+from sashimi_jax.mulaw import shift_inputs
 from sashimi_jax.sashimi import SaShiMi, count_params
 
 # ----------------------------------------------------------------------------------- model + state
@@ -114,7 +114,7 @@ def loss_and_logits(parts: ModelParts, params: Any, targets: jax.Array, key: jax
     """Training loss of one batch: int32 (B, L) targets -> (float32 () mean nats, float32 (B, L, C) logits)."""
     model = nnx.merge(parts.graphdef, params, parts.rest)
     nnx.reseed(model, dropout=key, default=key)
-    logits = model(datalib.shift_inputs(targets, bits))
+    logits = model(shift_inputs(targets, bits))
     return metlib.mean_nll(logits, targets), logits
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sashimi_jax import checkpoint, convert_run
-from sashimi_jax.evaluate import load_model
+from sashimi_jax.params import restore_model
 from helpers import PARITY, REPO, forward, needs_parity, official_model
 
 
@@ -32,7 +32,7 @@ def test_convert_cli_writes_a_run_generate_can_use(tmp_path):
         convert_run.write_run(PARITY / "tiny.pt", run)
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing already written is touched
 
-    _, model, step = load_model(run)
+    model, _, step = restore_model(run)
     ref, _ = official_model("tiny")
     tokens = jnp.asarray(np.load(PARITY / "tiny_inputs.npy"))
     np.testing.assert_allclose(np.asarray(forward(model, tokens)), np.asarray(forward(ref, tokens)), atol=1e-6)

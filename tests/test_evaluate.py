@@ -9,7 +9,7 @@ import pytest
 from tiny_run import EVAL_CLI, run_cli, tiny_cfg
 
 from sashimi_jax import checkpoint as ckpt
-from sashimi_jax import data
+from sashimi_jax import prepared
 
 
 def test_evaluate_cli_writes_metric_table(env, reference, tmp_path):
@@ -26,7 +26,7 @@ def test_evaluate_cli_writes_metric_table(env, reference, tmp_path):
     mgr = ckpt.open_manager(workdir, read_only=True)
     assert result["step"] == ckpt.best_step(mgr)
     mgr.close()
-    assert result["windows"] == len(data.prepare(tiny_cfg(env).data).val)
+    assert result["windows"] == len(prepared.prepare(tiny_cfg(env).data).val)
 
     res = run_cli([EVAL_CLI, "--workdir", str(tmp_path / "missing")], timeout=60)
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: workdir")
@@ -41,7 +41,7 @@ from sashimi_jax.evaluate import evaluate_run
 result = evaluate_run(sys.argv[1], "val", which="latest", write=False)
 print(json.dumps({"step": result["step"], "modules": sorted(m for m in sys.modules if m.startswith("sashimi_jax"))}))
 """
-TRAINING_MODULES = ("train", "train_step", "optim", "logs", "signals")  # of sashimi_jax
+TRAINING_MODULES = ("train", "train_step", "optim", "signals", "convert_run")  # of sashimi_jax
 
 
 def test_evaluation_loads_no_training_module(env, reference):

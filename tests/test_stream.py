@@ -16,18 +16,18 @@ import pytest
 
 from conftest import TRAIN, rows
 from conftest import data_config as cfg
+import tiny_run
 
 from sashimi_jax import load_config, parallel, stream, train
-from sashimi_jax.evaluate import restore_for_eval
+from sashimi_jax.params import restore_params
 from sashimi_jax.prepared import prepare
 from sashimi_jax.sources import DataError
-import test_train
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = jax.devices("cpu")
 STEPS = 8
-TINY = [  # the tiny model of test_train, streamed, checkpoints every 2 steps
-    *test_train.TINY,
+TINY = [  # the tiny model of tiny_run, streamed, checkpoints every 2 steps
+    *tiny_run.TINY,
     "data.streaming=True",
     "data.shuffle_buffer=16",
     f"train.num_steps={STEPS}",
@@ -95,7 +95,7 @@ def run(cfg, workdir):
 
 def params_of(workdir):
     with jax.default_device(CPU[0]):
-        _, _, params, step = restore_for_eval(workdir, "latest", mesh=parallel.make_mesh(CPU[:1]))
+        _, params, step = restore_params(workdir, "latest", mesh=parallel.make_mesh(CPU[:1]))
     return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
 
 

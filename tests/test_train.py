@@ -40,7 +40,7 @@ from tiny_run import (
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax import load_config
 from sashimi_jax.config import ConfigError
-from sashimi_jax.data import DataError
+from sashimi_jax.sources import DataError
 
 # ------------------------------------------------------------------------------ data parallelism
 
