@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sashimi_jax.batches import batch_at, batches, num_batches, shift_inputs
+from sashimi_jax.batches import batch_at, batches, num_batches
 from sashimi_jax.sources import DataError
 
 
@@ -26,16 +26,3 @@ def test_batches_are_deterministic_and_batch_at_resumes_exactly():
     np.testing.assert_array_equal(unshuffled, tokens[:4])
     with pytest.raises(DataError, match="batch size"):
         batch_at(tokens[:2], 3, 0, 0)
-
-
-def test_shift_inputs_numpy_and_jax():
-    import jax
-    import jax.numpy as jnp
-
-    targets = np.array([[5, 6, 7], [1, 2, 3]], np.int32)
-    want = [[128, 5, 6], [128, 1, 2]]
-    np.testing.assert_array_equal(shift_inputs(targets), want)
-    shifted = shift_inputs(jnp.asarray(targets))
-    assert shifted.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(shifted), want)
-    np.testing.assert_array_equal(np.asarray(jax.jit(shift_inputs)(jnp.asarray(targets))), want)

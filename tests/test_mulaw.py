@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sashimi_jax.mulaw import MU_LAW_ZERO, encode_window, minmax_scale, mu_law_decode, mu_law_encode
+from sashimi_jax.mulaw import MU_LAW_ZERO, encode_window, minmax_scale, mu_law_decode, mu_law_encode, shift_inputs
 
 
 def compand(x):
@@ -87,3 +87,16 @@ def test_jax_arrays_match_numpy_and_jit():
     jitted = jax.jit(lambda w: mu_law_decode(encode_window(w)))(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(jitted), mu_law_decode(encode_window(x)), rtol=1e-6, atol=1e-7)
     assert math.isclose(float(mu_law_decode(jnp.asarray(128))), 0.0)
+
+
+def test_shift_inputs_numpy_and_jax():
+    import jax
+    import jax.numpy as jnp
+
+    targets = np.array([[5, 6, 7], [1, 2, 3]], np.int32)
+    want = [[128, 5, 6], [128, 1, 2]]
+    np.testing.assert_array_equal(shift_inputs(targets), want)
+    shifted = shift_inputs(jnp.asarray(targets))
+    assert shifted.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(shifted), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(shift_inputs)(jnp.asarray(targets))), want)
