@@ -85,7 +85,7 @@ def run_case(
         "median_samples_per_s_per_stream": round(median, 1),
         "median_aggregate_samples_per_s": round(median * batch, 1),
         "real_time_factor": round(best / RATE, 3),
-        "sampling": s._asdict(),
+        "sampling": gen.sampling._asdict(),
         "frame_samples": gen.frame,
         "devices": f"{len(args[1].devices())} x {gen.devices[0].device_kind}",  # args[1]: known, (B, F)
     }
