@@ -6,7 +6,7 @@ not unrolled): tier i's step runs after the p_{i-1} steps of tier i-1 that fill 
 output refills tier i-1's UpPool outputs for the next p_{i-1} steps -- the order in which stepping one sample
 at a time produces the same data (a lower tier's output only feeds the *next* group of the finer tier,
 through the UpPool's causal shift). Between samples a caller-supplied ``choose(j, logits) -> next token``
-samples, or forces a known token.
+samples, or forces a known token; the model's own NLL of each output (nats) is kept beside it.
 
 Everything a step computes is the model's own (:meth:`SaShiMi.tier_step`, :meth:`~SaShiMi.descend`,
 :meth:`~SaShiMi.ascend`, :meth:`~SaShiMi.readout`); this module only decides when each runs, and when each
@@ -93,21 +93,29 @@ def close_segments(ops: Ops, state: SaShiMiState, tiers) -> SaShiMiState:
     return state._replace(ssm=tuple(ssm))
 
 
+class Outputs(NamedTuple):
+    """A frame's outputs: tokens int32 (F, B); nll float32 (F, B) each token's negative log-likelihood under the
+    model's own (untempered, unfiltered) distribution, nats; logits float32 (F, B, C) for tests, or None."""
+
+    tokens: jax.Array
+    nll: jax.Array
+    logits: jax.Array | None = None
+
+
 class Carry(NamedTuple):
-    """What changes inside a frame: token int32 (B,) the next tier-0 input; out int32 (F, B) the frame's
-    outputs so far; state the :class:`SaShiMiState`; logits (F, B, C) kept for tests, or None."""
+    """What changes inside a frame: token int32 (B,) the next tier-0 input; out the frame's :class:`Outputs`
+    so far; state the :class:`SaShiMiState`."""
 
     token: jax.Array
-    out: jax.Array
+    out: Outputs
     state: SaShiMiState
-    logits: jax.Array | None = None
 
 
 def start_carry(model: SaShiMi, plan_: Plan, state: SaShiMiState, token: jax.Array, return_logits: bool) -> Carry:
     """The carry at a frame start: no outputs yet."""
-    b = token.shape[0]
-    logits = jnp.zeros((plan_.samples, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None
-    return Carry(token, jnp.zeros((plan_.samples, b), jnp.int32), state, logits)
+    f, b = plan_.samples, token.shape[0]
+    logits = jnp.zeros((f, b, model.head.kernel.shape[-1]), jnp.float32) if return_logits else None
+    return Carry(token, Outputs(jnp.zeros((f, b), jnp.int32), jnp.zeros((f, b), jnp.float32), logits), state)
 
 
 def run_tier(model: SaShiMi, ops: Ops, choose: Choose, i: int, k: jax.Array, c: Carry) -> Carry:
@@ -123,9 +131,10 @@ def run_tier(model: SaShiMi, ops: Ops, choose: Choose, i: int, k: jax.Array, c: 
         return c._replace(state=model.ascend(i - 1, y, state))
     logits = model.readout(y)
     token = choose(k, logits)
-    out = jax.lax.dynamic_update_index_in_dim(c.out, token, k, axis=0)
-    kept = None if c.logits is None else jax.lax.dynamic_update_index_in_dim(c.logits, logits, k, axis=0)
-    return Carry(token, out, state, kept)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+    put = lambda buf, row: jax.lax.dynamic_update_index_in_dim(buf, row, k, axis=0)  # noqa: E731
+    logs = None if c.out.logits is None else put(c.out.logits, logits)
+    return Carry(token, Outputs(put(c.out.tokens, token), put(c.out.nll, nll), logs), state)
 
 
 def run_group(model: SaShiMi, ops: Ops, plan_: Plan, choose: Choose, g: jax.Array, c: Carry) -> Carry:
@@ -154,7 +163,7 @@ def frame(
       choose: ``choose(j, logits (B, n_classes)) -> int32 (B,)``, j an int32 scalar (traced).
       return_logits: also return every sample's logits (tests).
     Returns:
-      outputs int32 (F, B) and the state after the frame [and logits float32 (F, B, n_classes)].
+      the frame's :class:`Outputs` (logits only with ``return_logits``) and the state after the frame.
     """
     check_ops(plan_, ops)
 
@@ -168,4 +177,4 @@ def frame(
     c = group(jnp.int32(0), c) if groups == 1 else jax.lax.fori_loop(0, groups, group, c)
     new = close_segments(ops, c.state, plan_.outer)
     new = new._replace(t=state.t + plan_.samples)
-    return (c.out, new, c.logits) if return_logits else (c.out, new)
+    return c.out, new

@@ -44,6 +44,8 @@ class GenCarry(NamedTuple):
       state: the model state at the last frame boundary t0 (``state.t`` = t0, a multiple of the frame F).
       known: int32 (B, F): the inputs at positions t0 .. t0 + n_known - 1 (the rest is padding).
       n_known: int32 () in [1, F]. The next sample to generate is sample t0 + n_known - 1.
+      nll: float64 (B,) the model's own negative log-likelihood (nats) of the samples generated so far, summed
+        (the prompt not included); generated: how many samples per stream that is.
     Keeping the state at a frame boundary plus the few inputs after it lets every call run whole
     frames: a frame begun by one call is recomputed by the next with its known inputs forced.
     """
@@ -51,10 +53,16 @@ class GenCarry(NamedTuple):
     state: SaShiMiState
     known: jax.Array
     n_known: jax.Array
+    nll: np.ndarray | None = None
+    generated: int = 0
 
     def position(self) -> int:
         """Index of the next sample to generate (= samples so far, prompt included)."""
         return int(self.state.t) + int(self.n_known) - 1
+
+    def bits_per_sample(self) -> np.ndarray | None:
+        """float64 (B,): each stream's mean NLL in bits per generated sample under the model itself (None before any)."""
+        return None if not self.generated else self.nll / self.generated / np.log(2)
 
 
 
@@ -127,8 +135,8 @@ def run_frames(
       axis: None, or the name of a 2-device mesh axis when this runs pipelined under ``shard_map`` on the
         whole batch (:mod:`sashimi_jax.pipeline`); both devices return the same outputs and state.
     Returns:
-      outputs int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
-      the state after the frames.
+      tokens int32 (max_frames * F, B) (rows past n_frames * F are zero): samples t0 .. t0 + n_frames F - 1;
+      their NLL under the model, float32 (max_frames * F, B) nats (:class:`frames.Outputs`); the state after.
     """
     model = nnx.merge(graphdef, params)
     model.eval()
@@ -151,15 +159,16 @@ def run_frames(
             return jnp.where((i == 0) & (j + 1 < n_known), forced, drawn)
 
         if axis is None:
-            toks, state = frames.frame(model, ops, plan, state, token, choose)
+            got, state = frames.frame(model, ops, plan, state, token, choose)
             rest = ()
         else:
-            toks, state, pipe = pipeline.frame(model, ops, plan, state, token, choose, carry[3], axis)
+            got, state, pipe = pipeline.frame(model, ops, plan, state, token, choose, carry[3], axis)
             rest = (pipe,)
-        out = jax.lax.dynamic_update_index_in_dim(out, toks, i, axis=0)
-        return (state, toks[-1], out, *rest)
+        out = tuple(jax.lax.dynamic_update_index_in_dim(o, g, i, axis=0) for o, g in zip(out, got[:2]))
+        return (state, got.tokens[-1], out, *rest)
 
-    carry = (state, known[:, 0], jnp.zeros((max_frames, f, b), jnp.int32))
+    out = (jnp.zeros((max_frames, f, b), jnp.int32), jnp.zeros((max_frames, f, b), jnp.float32))
+    carry = (state, known[:, 0], out)
     if axis is not None:
         state, pipe = pipeline.start(ops, state)
         carry = (state, carry[1], carry[2], pipe)
@@ -167,7 +176,7 @@ def run_frames(
     state, out = carry[0], carry[2]
     if axis is not None:
         out, state = pipeline.finish(axis, ops, state, carry[3], out)
-    return out.reshape(max_frames * f, b), at_rest(state)
+    return out[0].reshape(max_frames * f, b), out[1].reshape(max_frames * f, b), at_rest(state)
 
 
 _segments = jax.jit(lambda graphdef, params, steps: nnx.merge(graphdef, params).segments(steps), static_argnums=(0, 2))
@@ -256,7 +265,7 @@ class Generator:
                 local,
                 mesh=mesh,
                 in_specs=(P(), P(), state_spec, P("data"), P(), P(), P()),
-                out_specs=(P(None, "data"), state_spec),
+                out_specs=(P(None, "data"), P(None, "data"), state_spec),
                 check_vma=False,
             )
         )
@@ -290,37 +299,46 @@ class Generator:
         return fn(*consts, *place((state, known, n_known, jnp.asarray(n_frames, jnp.int32), key)))
 
     def stream(self, carry: GenCarry, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, GenCarry]]:
-        """Generate ``steps`` samples per stream from ``carry``, at most one call's samples (whole frames) per yield."""
+        """Generate ``steps`` samples per stream from ``carry``, at most one call's samples (whole frames) per yield.
+
+        Yields int32 (B, n) new samples and the carry after them (with their NLL added to ``carry.nll``).
+        """
         f, key = self.plan.samples, jax.random.key(int(seed))
         if carry.known.shape[1] != f:
             raise ValueError(f"carry made for frames of {carry.known.shape[1]} samples, this generator runs {f}.")
         remaining = int(steps)
         while remaining > 0:
-            n_known = int(carry.n_known)
-            first = n_known - 1  # index (from t0) of the first new sample
-            need = first + remaining
-            n_frames = min(-(-need // f), self.max_frames)
-            partial = n_frames * f > need  # the last frame runs past the end: keep the state before it
-            committed = n_frames - int(partial)
-            outs, state = [], carry.state
-            if committed:
-                out, state = self._run(carry.state, carry.known, carry.n_known, committed, key)
-                outs.append(np.asarray(out)[: committed * f])
-            if partial:
-                known = carry.known if not committed else jnp.asarray(_known_after(carry.known, outs[-1][-1]))
-                n_k = carry.n_known if not committed else jnp.asarray(1, jnp.int32)
-                out, _ = self._run(state, known, n_k, 1, key)
-                outs.append(np.asarray(out)[:f])
-            outs = np.concatenate(outs, axis=0).T  # (B, n_frames F): samples t0 ..
+            first = int(carry.n_known) - 1  # index (from t0) of the first new sample
+            n_frames = min(-(-(first + remaining) // f), self.max_frames)
+            committed = n_frames - int(n_frames * f > first + remaining)  # a last frame past the end is redone
+            toks, nll, state = self._frames(carry, committed, n_frames - committed, key)
             take = min(remaining, n_frames * f - first)
-            inputs = np.concatenate([np.asarray(carry.known[:, :1]), outs], axis=1)  # inputs t0 .. t0 + n_frames F
+            inputs = np.concatenate([np.asarray(carry.known[:, :1]), toks], axis=1)  # inputs t0 .. t0 + n_frames F
             rel = committed * f  # new frame boundary, relative to t0
             n_next = first + take + 1 - rel
             known = np.zeros_like(np.asarray(carry.known))
             known[:, :n_next] = inputs[:, rel : rel + n_next]
-            carry = GenCarry(state, jnp.asarray(known), jnp.asarray(n_next, jnp.int32))
+            total = np.zeros(toks.shape[0]) if carry.nll is None else carry.nll
+            total = total + nll[:, first : first + take].sum(axis=1, dtype=np.float64)
+            carry = GenCarry(state, jnp.asarray(known), jnp.asarray(n_next, jnp.int32), total, carry.generated + take)
             remaining -= take
-            yield outs[:, first : first + take].astype(np.int32), carry
+            yield toks[:, first : first + take].astype(np.int32), carry
+
+    def _frames(self, carry: GenCarry, committed: int, partial: int, key) -> tuple[np.ndarray, np.ndarray, SaShiMiState]:
+        """``committed`` frames from ``carry``, then (``partial`` = 1) one more whose state is not kept.
+
+        Returns tokens and NLL, (B, frames F) from t0, and the state after the committed frames.
+        """
+        f, outs, state = self.plan.samples, [], carry.state
+        if committed:
+            toks, nll, state = self._run(carry.state, carry.known, carry.n_known, committed, key)
+            outs.append((np.asarray(toks)[: committed * f], np.asarray(nll)[: committed * f]))
+        if partial:
+            known = carry.known if not committed else jnp.asarray(_known_after(carry.known, outs[-1][0][-1]))
+            n_k = carry.n_known if not committed else jnp.asarray(1, jnp.int32)
+            toks, nll, _ = self._run(state, known, n_k, 1, key)
+            outs.append((np.asarray(toks)[:f], np.asarray(nll)[:f]))
+        return np.concatenate([o[0] for o in outs]).T, np.concatenate([o[1] for o in outs]).T, state
 
 
 def _known_after(known, last) -> np.ndarray:

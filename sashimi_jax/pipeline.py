@@ -95,8 +95,8 @@ def frame(
 ):
     """:func:`sashimi_jax.frames.frame`, pipelined over the 2-device mesh axis ``axis`` (inside ``shard_map``).
 
-    ``state`` and ``pipe`` come from :func:`start` or the previous frame. Returns outputs (F, B), the state and
-    the Pipe after the frame [and the logits]; only the lead's outputs, pooling buffers and logits are
+    ``state`` and ``pipe`` come from :func:`start` or the previous frame. Returns the frame's
+    :class:`frames.Outputs`, the state and the Pipe after the frame; only the lead's outputs and pooling buffers are
     meaningful, and the S4 states are the trail's, one segment behind: :func:`finish` completes them.
     """
     frames.check_ops(plan_, ops)
@@ -133,12 +133,12 @@ def frame(
         s, pipe = exchange(axis, plan_, s, pipe, plan_.outer)
     ssm = tuple(tuple(x._replace(y=x.y[: plan_.steps[i]]) for x in tier) for i, tier in enumerate(s.ssm))
     new = s._replace(t=state.t + plan_.samples, ssm=ssm)
-    return (c.out, new, pipe, c.logits) if return_logits else (c.out, new, pipe)
+    return c.out, new, pipe
 
 
-def finish(axis: str, ops: frames.Ops, state: SaShiMiState, pipe: Pipe, out: jax.Array):
+def finish(axis: str, ops: frames.Ops, state: SaShiMiState, pipe: Pipe, out):
     """After the last frame: the trail applies every pending segment's inputs, and one sum gives both devices
-    the lead's outputs and pooling buffers with the trail's S4 states. Returns (out, state)."""
+    the lead's outputs (any pytree) and pooling buffers with the trail's S4 states. Returns (out, state)."""
     lead = jax.lax.axis_index(axis) == 0
     xs = tuple(
         tuple(catch_up(seg, s.x, u, pipe.pending[i]) for seg, s, u in zip(ops[i], state.ssm[i], pipe.u_prev[i]))

@@ -94,8 +94,8 @@ def teacher_forced(model, centre_steps: int):
             def choose(j, lg):
                 return jax.lax.dynamic_index_in_dim(tk, jnp.minimum(j + 1, f - 1), keepdims=False)
 
-            _, state, logits = frames.frame(m, ops, plan, state, tk[0], choose, return_logits=True)
-            return state, logits
+            out, state = frames.frame(m, ops, plan, state, tk[0], choose, return_logits=True)
+            return state, out.logits
 
         state, lg = jax.lax.scan(body, m.zero_state(b, plan.steps), tokens.T.reshape(-1, f, b))
         return lg.reshape(tokens.shape[1], b, -1), state

@@ -10,7 +10,7 @@ import reference
 from conftest import shifted
 from flax import nnx
 
-from sashimi_jax import frames, generator, mulaw, sampling
+from sashimi_jax import frames, generator, mulaw, sampling, scoring
 
 
 def test_greedy_generation_is_the_parallel_argmax(model):
@@ -80,3 +80,15 @@ def test_continuing_equals_one_long_call(model):
     assert c.position() == 37 + 2003
     other, _ = generator.generate(model, 3, steps=2003, prompt=prompt, **{**kw, "seed": 8})
     assert (other != ref).mean() > 0.5  # the seed matters
+
+
+def test_generated_bits_per_sample_are_the_model_likelihood(model):
+    """The NLL the sampler keeps per generated sample (carry.bits_per_sample) equals the parallel-mode scoring of
+    the same samples after the same prompt, across calls split mid-frame."""
+    prompt = np.random.default_rng(6).integers(0, 256, 70)
+    kw = {"temperature": 0.9, "top_p": 0.95, "seed": 3, "samples_per_call": 512}
+    a, c = generator.generate(model, 2, steps=700, prompt=prompt, **kw)
+    b, c = generator.generate(model, 2, steps=301, carry=c, **kw)
+    assert c.generated == 1001
+    tokens = np.concatenate([np.tile(prompt, (2, 1)), a, b], axis=1)
+    np.testing.assert_allclose(c.bits_per_sample(), scoring.log_likelihood(model, tokens, start=70), rtol=1e-5)
