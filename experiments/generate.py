@@ -10,14 +10,17 @@
   --seed           positional RNG seed (same seed, same samples)
   --prompt         an audio file to continue (wav/flac/ogg/mp3, any rate or channel count)
   --prompt_seconds how much of it to use (default: min(4, seconds / 2)); it opens every output file
-  --rank           none | filter | best: score each sample by the model's own log-likelihood (parallel mode)
-                   and keep the best one ("best"), or drop the worst 40% and best 5% ("filter"); the dropped
-                   files move to <out>/dropped/ and <out>/<name>_ranking.json lists every score
+  --rank           none | filter | best: rank the samples by the model's own log-likelihood (kept by the
+                   sampler as it draws) and keep the best one ("best"), or drop the worst 40% and best 5%
+                   ("filter"); the dropped files move to <out>/dropped/ and <out>/<name>_ranking.json lists
+                   every score
+  --report         measure every sample (default on): a line each, and <out>/<name>_report.json
   --seconds_per_call  seconds generated per compiled call, written to disk after each call
                    (default: the run's sample.samples_per_call, 1 s)
   --which          best | latest checkpoint
 
-Writes <out>/sample_NN.wav (16-bit PCM, the run's sample rate, 16 kHz) and sample_NN.png (spectrogram).
+Writes <out>/sample_NN.wav (16-bit PCM, the run's sample rate, 16 kHz), sample_NN.png (spectrogram) and
+sample_report.json (each sample measured: sashimi_jax/report.py; a line per sample is printed too).
 Exit status: 0 done; 1 a bad workdir / checkpoint / prompt file; 2 a bad flag or flag value.
 
 Example (after ``python experiments/train.py``): python experiments/generate.py --temp 0.8 --top_p 0.95
@@ -46,6 +49,7 @@ _RANK = flags.DEFINE_string("rank", "none", "none | filter | best (rank by the m
 _PER_CALL = flags.DEFINE_float("seconds_per_call", None, "Seconds generated per compiled call (default 1).")
 _WHICH = flags.DEFINE_string("which", "best", "Checkpoint: best (by validation loss) or latest.")
 _SPEC = flags.DEFINE_bool("spectrogram", True, "Write a spectrogram PNG per sample.")
+_REPORT = flags.DEFINE_bool("report", True, "Measure every sample (pitch, notes, noise-likeness, bits/sample) into <prefix>_report.json.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _CACHE = flags.DEFINE_string("compile_cache", runtime.DEFAULT_COMPILE_CACHE, 'Persistent XLA compile cache ("" = off).')
 
@@ -63,7 +67,7 @@ def main(args: scripts.Parsed):
         workdir=_WORKDIR.value, out=_OUT.value, seconds=_SECONDS.value, num_samples=_NUM.value,
         temperature=_TEMP.value, top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value, prompt=_PROMPT.value,
         prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, seconds_per_call=_PER_CALL.value, which=_WHICH.value,
-        spectrogram=_SPEC.value, progress=_PROGRESS.value,
+        spectrogram=_SPEC.value, report=_REPORT.value, progress=_PROGRESS.value,
     )
     try:
         genlib.check_request(req)
@@ -76,7 +80,8 @@ def main(args: scripts.Parsed):
         scripts.fail(str(err), code=2)
     except (genlib.GenerateError, checkpoint.WorkdirError, audio.AudioError) as err:
         scripts.fail(str(err))
-    print(json.dumps({k: summary[k] for k in ("files", "samples_per_second_per_stream", "prefill_seconds")}, indent=1))
+    keys = ("files", "samples_per_second_per_stream", "prefill_seconds", "bits_per_sample")
+    print(json.dumps({k: summary[k] for k in keys}, indent=1))
     if "ranking" in summary:
         print(json.dumps(summary["ranking"], indent=1))
 

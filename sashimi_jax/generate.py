@@ -10,8 +10,10 @@ The logic behind ``experiments/generate.py``. One call of :func:`run`:
 4. generates ``num_samples`` streams call by call (:class:`sashimi_jax.generator.Generator`), appending each
    piece to one 16-bit WAV per stream as it comes and to a running spectrogram
    (sashimi_jax.generate_output), with a progress bar showing samples/s and the real-time factor;
-5. writes one spectrogram PNG per stream, and with ``rank`` scores every stream by the model's own
-   log-likelihood in parallel mode and keeps the best ones (:func:`sashimi_jax.generate_output.rank_keep`).
+5. writes one spectrogram PNG per stream, measures every stream (:mod:`sashimi_jax.report`: pitch, notes,
+   noise-likeness, ..., and the model's own bits per sample, which the sampler keeps as it draws) into
+   ``<prefix>_report.json``, and with ``rank`` keeps the streams the model finds most likely
+   (:func:`sashimi_jax.generate_output.rank_keep`).
 
 Files already in the output directory are never overwritten: a run whose names would clash gets a new
 numbered prefix. Interrupted runs leave valid (shorter) WAV files; a run refused before it wrote any
@@ -30,9 +32,9 @@ from tqdm import tqdm
 
 from sashimi_jax import audio, mulaw
 from sashimi_jax.generator import Generator
-from sashimi_jax.generate_output import WavStreams, output_names, write_ranking
+from sashimi_jax.generate_output import WavStreams, output_names, write_ranking, write_report
 from sashimi_jax.generate_request import (
-    RANK_MAX_SECONDS,
+    REPORT_MAX_SECONDS,
     GenerateError,
     Request,
     check_request,
@@ -41,7 +43,6 @@ from sashimi_jax.generate_request import (
 )
 from sashimi_jax.params import load_run_config, restore_model
 from sashimi_jax.sampling import check_sampling
-from sashimi_jax.scoring import log_likelihood
 from sashimi_jax.workdir import Footprint, WorkdirError, ensure_writable
 
 
@@ -90,11 +91,6 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     total = round(req.seconds * int(cfg.data.sample_rate))
     sampling = check_sampling(req.temperature, req.top_p, req.top_k)
     prompt = encode_prompt(req, cfg, total)
-    if req.rank != "none" and req.seconds > RANK_MAX_SECONDS:
-        raise GenerateError(
-            f"--rank scores whole samples in parallel mode (memory grows with length); use --seconds <= "
-            f"{RANK_MAX_SECONDS:.0f} with --rank, or --rank=none."
-        )
     out = Path(req.out) if req.out else workdir / "samples"
     footprint = Footprint(out)
     try:
@@ -137,7 +133,7 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
     with WavStreams(paths, rate, total if req.spectrogram else None) as wavs:
         if n_prompt:
             wavs.write(np.asarray(mulaw.mu_law_decode(prompt, bits=bits)), flush=False)
-        tokens, timing = _stream(gen, carry, total - n_prompt, req, wavs, bits, rate)
+        nll_bits, timing = _stream(gen, carry, total - n_prompt, req, wavs, bits, rate)
     wavs.save_spectrograms(stems, total / rate, f"{workdir.name} step {step}")
     summary = {
         "workdir": str(workdir),
@@ -152,12 +148,12 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
         "seed": req.seed,
         "prefill_seconds": prefill_s,
         **timing,
+        "bits_per_sample": [round(float(x), 4) for x in nll_bits],
     }
+    if req.report:  # the generated part of every stream, measured (sashimi_jax.report), before ranking moves files
+        summary["report"] = write_report(out, stems, rate, n_prompt, nll_bits, REPORT_MAX_SECONDS, log)
     if req.rank != "none":
-        if n_prompt:
-            tokens = np.concatenate([np.broadcast_to(prompt, (b, n_prompt)).astype(np.uint8), tokens], axis=1)
-        nll = log_likelihood(model, tokens, start=n_prompt)
-        summary["ranking"] = write_ranking(out, stems, nll, req.rank)
+        summary["ranking"] = write_ranking(out, stems, nll_bits, req.rank)
         summary["files"] = [str(out / e["file"]) for e in summary["ranking"] if e["kept"]]
     return summary
 
@@ -165,23 +161,21 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
 def _stream(gen, carry, steps: int, req: Request, wavs: WavStreams, bits: int, rate: int) -> tuple[np.ndarray, dict]:
     """Generate ``steps`` new samples per stream into ``wavs`` with a progress bar.
 
-    Returns (the new tokens uint8 (B, steps) when ranking, else (B, 0); the timings of the summary).
+    Returns (each stream's bits per generated sample under the model itself, float64 (B,); the timings of the
+    summary).
     """
     b = req.num_samples
-    kept = [np.zeros((b, 0), np.uint8)]
     gen_time, first_s, done, first_n = 0.0, None, 0, 0
     with tqdm(total=steps, unit="sample", unit_scale=True, disable=not req.progress, desc="generating", leave=True) as bar:
         bar.set_postfix_str("compiling...")
         tick = time.time()
-        for toks, _ in gen.stream(carry, steps, req.seed):
+        for toks, carry in gen.stream(carry, steps, req.seed):
             now = time.time()
             if first_s is None:
                 first_s, first_n = now - tick, toks.shape[1]
             else:
                 gen_time += now - tick
             wavs.write(np.asarray(mulaw.mu_law_decode(toks, bits=bits)))
-            if req.rank != "none":
-                kept.append(toks.astype(np.uint8))
             done += toks.shape[1]
             rate_now = _rate(done, first_n, first_s, gen_time)
             bar.update(toks.shape[1])
@@ -191,7 +185,7 @@ def _stream(gen, carry, steps: int, req: Request, wavs: WavStreams, bits: int, r
         "first_call_seconds": first_s,
         "samples_per_second_per_stream": _rate(done, first_n, first_s or 0.0, gen_time),
     }
-    return np.concatenate(kept, axis=1), timing
+    return carry.bits_per_sample(), timing
 
 
 __all__ = [

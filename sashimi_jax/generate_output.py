@@ -3,8 +3,9 @@
 Streams are written as they are generated (:class:`WavStreams`: 16-bit PCM, appended call by call, so
 memory does not grow with the length and an interrupted run leaves valid, shorter files) beside a running
 spectrogram each (:class:`Spectrogram`). Names never clash with files already in the output directory
-(:func:`output_names`); with ranking, the dropped streams move to ``<out>/dropped/`` and
-``<out>/<prefix>_ranking.json`` lists every score (:func:`write_ranking`, :func:`rank_keep`).
+(:func:`output_names`); ``<out>/<prefix>_report.json`` measures every stream (:func:`write_report`); with
+ranking, the dropped streams move to ``<out>/dropped/`` and ``<out>/<prefix>_ranking.json`` lists every score
+(:func:`write_ranking`, :func:`rank_keep`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from sashimi_jax.report import ReportError, median_report, report, summary_line
 
 
 def output_names(out: Path, n: int, base: str = "sample") -> list[str]:
@@ -28,7 +31,7 @@ def output_names(out: Path, n: int, base: str = "sample") -> list[str]:
         prefix = base if k == 1 else f"{base}{k}"
         stems = [f"{prefix}_{i:0{width}d}" for i in range(n)]
         taken = [out / f"{s}{ext}" for s in stems for ext in (".wav", ".png")]
-        taken += [out / "dropped" / p.name for p in taken] + [out / f"{prefix}_ranking.json"]
+        taken += [out / "dropped" / p.name for p in taken] + [out / f"{prefix}_{kind}.json" for kind in ("ranking", "report")]
         if not any(p.exists() for p in taken):
             return stems
         k += 1
@@ -167,4 +170,29 @@ def write_ranking(out: Path, stems: Sequence[str], nll: Sequence[float], mode: s
     return ranking
 
 
-__all__ = ["Spectrogram", "WavStreams", "output_names", "rank_keep", "save_spectrogram", "write_ranking"]
+def write_report(
+    out: Path, stems: Sequence[str], rate: int, skip: int, bits: Sequence[float], max_seconds: float,
+    log: Callable[[str], None],
+) -> dict:
+    """Measure every stream's WAV after its first ``skip`` samples (the prompt), at most ``max_seconds`` of it, with
+    the model's ``bits`` per sample beside; log a line per stream; write ``out/<prefix>_report.json``.
+
+    Returns ``{"count", "median", "files": {"<stem>.wav": report}}`` (the layout of
+    :func:`sashimi_jax.report.report_folder`); a stream too short to measure gets ``{"error": sentence}``.
+    """
+    files = {}
+    for stem, b in zip(stems, bits):
+        x, _ = sf.read(out / f"{stem}.wav", dtype="float32", start=skip, stop=skip + int(max_seconds * rate))
+        try:
+            files[f"{stem}.wav"] = report(x, rate, float(b), name=f"{stem}.wav")
+            log(f"{stem}.wav: {summary_line(files[f'{stem}.wav'])}")
+        except ReportError as err:
+            files[f"{stem}.wav"] = {"error": str(err)}
+            log(f"{stem}.wav: not measured: {err}")
+    measured = [r for r in files.values() if "error" not in r]
+    result = {"count": len(measured), "median": median_report(measured), "files": files}
+    (out / f"{stems[0].rsplit('_', 1)[0]}_report.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+__all__ = ["Spectrogram", "WavStreams", "output_names", "rank_keep", "save_spectrogram", "write_ranking", "write_report"]

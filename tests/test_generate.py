@@ -93,6 +93,12 @@ def test_cli_writes_wavs_with_the_prompt_first(run_dir, prompt_file, tmp_path):
     expect = mulaw.mu_law_decode(prompt)
     ranking = json.loads((out / "sample2_ranking.json").read_text())
     assert len(ranking) == 3 and [r["rank"] for r in ranking] == [0, 1, 2]
+    report = json.loads((out / "sample2_report.json").read_text())  # measured before ranking moved a file
+    assert report["count"] == 3 and sorted(report["files"]) == [f"sample2_0{i}.wav" for i in range(3)]
+    for r in ranking:  # the report's bits are the ranking's: the model's own NLL the sampler kept
+        measured = report["files"][Path(r["file"]).name]
+        assert measured["bits_per_sample"] == round(r["nll_bits_per_sample"], 4)
+        assert measured["seconds"] == round((20000 - 8021) / 16000, 3)  # the generated part, not the prompt
     assert sorted(r["nll_bits_per_sample"] for r in ranking) == [r["nll_bits_per_sample"] for r in ranking]
     assert [r["kept"] for r in ranking] == [True, True, False]  # 3 samples: the worst 40% (1) dropped
     waves = []

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from sashimi_jax.generate_output import WavStreams, output_names, rank_keep, write_ranking
+from sashimi_jax.generate_output import WavStreams, output_names, rank_keep, write_ranking, write_report
 
 
 def test_streams_are_written_as_they_come_then_ranked(tmp_path):
@@ -44,3 +44,22 @@ def test_rank_keep():
     assert rank_keep(nll, "filter") == [1, 2, 0]  # worst 40% (2) dropped, best 5% of 5 = none
     assert rank_keep(list(range(20)), "filter") == list(range(1, 12))
     assert rank_keep(nll, "none") == [0, 1, 2, 3, 4]
+
+
+def test_report_measures_the_generated_part_of_every_stream(tmp_path):
+    """write_report skips the prompt, reads at most max_seconds, logs a line per stream and writes the JSON."""
+    t = np.arange(16000) / 16000
+    tone = 0.5 * np.sin(2 * np.pi * 220 * t)
+    noise = np.random.default_rng(0).normal(0, 0.3, 16000).clip(-1, 1)
+    prompt = np.zeros(4000)
+    for stem, x in (("s_00", tone), ("s_01", noise)):
+        sf.write(tmp_path / f"{stem}.wav", np.concatenate([prompt, x]).astype(np.float32), 16000, subtype="PCM_16")
+    lines = []
+    result = write_report(tmp_path, ["s_00", "s_01"], 16000, 4000, [3.0, 6.5], 0.75, lines.append)
+    tone_rep, noise_rep = result["files"]["s_00.wav"], result["files"]["s_01.wav"]
+    assert tone_rep["seconds"] == noise_rep["seconds"] == 0.75 and result["count"] == 2
+    assert tone_rep["voiced_fraction"] > 0.9 > 0.3 > noise_rep["voiced_fraction"]
+    assert tone_rep["silent_fraction"] == 0.0  # the silent prompt is not measured
+    assert (tone_rep["bits_per_sample"], noise_rep["bits_per_sample"]) == (3.0, 6.5)
+    assert json.loads((tmp_path / "s_report.json").read_text()) == result
+    assert len(lines) == 2 and lines[0].startswith("s_00.wav: voiced")
