@@ -8,8 +8,11 @@
   --top_p          nucleus sampling mass in (0, 1], 1 = off (default: sample.top_p)
   --top_k          keep the k most likely tokens, 0 = off (default: sample.top_k)
   --seed           positional RNG seed (same seed, same samples)
-  --prompt         an audio file to continue (wav/flac/ogg/mp3, any rate or channel count)
-  --prompt_seconds how much of it to use (default: min(4, seconds / 2)); it opens every output file
+  --prompt         an audio file to continue (wav/flac/ogg/mp3, any rate or channel count), "synthetic" (a
+                   piece of the run's synthetic signal it never trained on) or "none" (default: the run's
+                   sample.prompt, none unless set)
+  --prompt_seconds how much of it to use (default: the run's sample.prompt_seconds, else min(4, seconds / 2));
+                   it opens every output file
   --rank           none | filter | best: rank the samples by the model's own log-likelihood (kept by the
                    sampler as it draws) and keep the best one ("best"), or drop the worst 40% and best 5%
                    ("filter"); the dropped files move to <out>/dropped/ and <out>/<name>_ranking.json lists
@@ -43,7 +46,7 @@ _TEMP = flags.DEFINE_float("temp", None, "Temperature (0 = greedy; default: the 
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass in (0, 1] (1 = off).")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_PROMPT = flags.DEFINE_string("prompt", None, "Audio file to continue.")
+_PROMPT = flags.DEFINE_string("prompt", None, 'Audio file to continue, "synthetic" or "none" (default: the run\'s).')
 _PROMPT_SECONDS = flags.DEFINE_float("prompt_seconds", None, "Seconds of the prompt to use (default min(4, seconds/2)).")
 _RANK = flags.DEFINE_string("rank", "none", "none | filter | best (rank by the model's log-likelihood).")
 _PER_CALL = flags.DEFINE_float("seconds_per_call", None, "Seconds generated per compiled call (default 1).")

@@ -187,6 +187,13 @@ def encode_prompt(path: str | os.PathLike, sample_rate: int, seconds: float, bit
     Raises:
       AudioError: bad file, or a silent start.
     """
-    x = load_audio(path, sample_rate)[: int(round(seconds * sample_rate))]
-    check_audio(x, f"the first {seconds} s of {path}", sample_rate, 0.0)
+    return encode_waveform(load_audio(path, sample_rate)[: int(round(seconds * sample_rate))], f"the first {seconds} s of {path}", sample_rate, bits)
+
+
+def encode_waveform(x: np.ndarray, name: str, sample_rate: int, bits: int = 8) -> np.ndarray:
+    """Tokens of a mono waveform (n,) as training data has them: min-max scaled as one window, mu-law encoded.
+
+    Raises AudioError (one sentence naming ``name``) for silence.
+    """
+    check_audio(x, name, sample_rate, 0.0)
     return encode_window(x, bits=bits).astype(np.int32)

@@ -101,6 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     g.seconds = 10.0  # length of each generated audio file, prompt included
     g.num_samples = 4  # audio files generated together in one batch (one stream each)
     g.samples_per_call = 16000  # samples generated per compiled call (written to disk after each call)
+    # What generation continues by default (--prompt overrides, --prompt=none turns it off): "" nothing, an audio
+    # file, or "synthetic": a piece of data.synthetic_signal the run never trained on (another seed).
+    g.prompt = ""
+    g.prompt_seconds = 0.0  # how much of the prompt opens every output (0 = min(4, seconds / 2))
     return c
 
 

@@ -35,6 +35,7 @@ from sashimi_jax.generator import Generator
 from sashimi_jax.generate_output import WavStreams, output_names, write_ranking, write_report
 from sashimi_jax.generate_request import (
     REPORT_MAX_SECONDS,
+    SYNTHETIC_PROMPT,
     GenerateError,
     Request,
     check_request,
@@ -43,6 +44,7 @@ from sashimi_jax.generate_request import (
 )
 from sashimi_jax.params import load_run_config, restore_model
 from sashimi_jax.sampling import check_sampling
+from sashimi_jax.synthetic import HELD_BACK_SEED, SYNTHETIC_SIGNALS
 from sashimi_jax.workdir import Footprint, WorkdirError, ensure_writable
 
 
@@ -53,8 +55,12 @@ def encode_prompt(req: Request, cfg, total: int) -> np.ndarray | None:
     """
     if req.prompt is None:
         return None
-    rate = int(cfg.data.sample_rate)
-    prompt = audio.encode_prompt(req.prompt, rate, req.prompt_seconds, bits=int(cfg.data.bits))
+    rate, bits = int(cfg.data.sample_rate), int(cfg.data.bits)
+    if req.prompt == SYNTHETIC_PROMPT:  # a piece of the run's kind of synthetic signal it never trained on
+        x = SYNTHETIC_SIGNALS[cfg.data.synthetic_signal](req.prompt_seconds, rate, HELD_BACK_SEED)
+        prompt = audio.encode_waveform(x, "the synthetic prompt", rate, bits)
+    else:
+        prompt = audio.encode_prompt(req.prompt, rate, req.prompt_seconds, bits=bits)
     if prompt.shape[0] >= total:
         raise GenerateError(
             f"the prompt holds {prompt.shape[0] / rate:.3f} s but --seconds={req.seconds} (prompt included) "

@@ -19,6 +19,8 @@ from sashimi_jax.sampling import check_sampling
 
 DEMO_NAME = "demo"
 RANK_MODES = ("none", "filter", "best")
+NO_PROMPT = "none"  # --prompt=none: no prompt, whatever the run's sample.prompt says
+SYNTHETIC_PROMPT = "synthetic"  # sample.prompt / --prompt: a held-back piece of the run's synthetic signal
 REPORT_MAX_SECONDS = 60.0  # the sample report measures at most this much of each stream (pitch tracking costs ~1/6 of real time)
 
 
@@ -92,7 +94,7 @@ def check_request(req: Request) -> None:
         raise GenerateError(f"--rank={req.rank!r} must be one of {', '.join(RANK_MODES)}.")
     if req.which not in ("best", "latest"):
         raise GenerateError(f"--which={req.which!r} must be 'best' or 'latest'.")
-    if req.prompt_seconds is not None and req.prompt is None:
+    if req.prompt_seconds is not None and req.prompt in (None, NO_PROMPT):
         raise GenerateError("--prompt_seconds needs --prompt FILE (the audio to continue).")
     if req.seed < 0 or req.seed >= 2**31:
         raise GenerateError(f"--seed={req.seed} must be in [0, 2**31).")
@@ -114,6 +116,12 @@ def resolve(req: Request, cfg) -> Request:
     r.top_k = int(s.top_k) if r.top_k is None else int(r.top_k)
     if r.seconds_per_call is None:
         r.seconds_per_call = float(s.samples_per_call) / float(cfg.data.sample_rate)
+    if r.prompt is None:  # the run's own default prompt, if it has one
+        r.prompt = str(s.get("prompt", "")) or None
+        if r.prompt is not None and r.prompt_seconds is None and float(s.get("prompt_seconds", 0.0)) > 0:
+            r.prompt_seconds = float(s.prompt_seconds)
+    if r.prompt == NO_PROMPT:
+        r.prompt = None
     if r.prompt is not None and r.prompt_seconds is None:
         r.prompt_seconds = min(4.0, r.seconds / 2)
     return r

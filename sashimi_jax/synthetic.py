@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 SYNTHETIC_SEED = 0  # the synthetic source is one fixed signal
+HELD_BACK_SEED = 1  # a piece of the same kind of signal that training never saw (a generation prompt)
 
 
 def _note(freq: float, seconds: float, sample_rate: int, harmonics: int, decay: float) -> np.ndarray:

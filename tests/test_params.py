@@ -68,8 +68,8 @@ print(json.dumps({"step": step, "files": summary["files"], "modules": modules}))
 # Modules of sashimi_jax an inference must never load: training, optimizer, data preparation, streaming, logs.
 # training, optimizer, data preparation, streaming and logging modules of the package
 TRAINING_MODULES = (
-    "train", "train_step", "optim", "signals", "convert_run", "sources", "recordings", "synthetic", "splits",
-    "prepared", "batches", "stream", "logs",
+    "train", "train_step", "optim", "signals", "convert_run", "sources", "recordings", "splits", "prepared",
+    "batches", "stream", "logs",
 )
 
 
