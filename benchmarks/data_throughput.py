@@ -19,29 +19,29 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import harness
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from sashimi_jax import load_config, optim, parallel, stream, train_step
+from sashimi_jax.batches import batch_at
+from sashimi_jax.prepared import prepare
+from sashimi_jax.synthetic import synthetic_music
+
 RATE = 16000
 CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n"
 
 
 def write_shards(root: Path, files: int, shards: int) -> int:
     """One-minute wav recordings of synthetic music in parquet shards under ``root/data``; returns the bytes."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import soundfile as sf
-
-    from sashimi_jax.synthetic import synthetic_music
-
     cells = []
     for i in range(files):
         buf = io.BytesIO()
@@ -66,9 +66,6 @@ def data_config(cfg, root: Path, cache: Path, streaming: bool):
 
 def time_prepared(cfg, root: Path, cache: Path, batch: int, batches: int) -> tuple[dict, object]:
     """Prepare the cache once (timed), then time reading ``batches`` training batches from it."""
-    from sashimi_jax.batches import batch_at
-    from sashimi_jax.prepared import prepare
-
     t0 = time.perf_counter()
     prepared = prepare(data_config(cfg, root, cache, False))
     prepare_s = time.perf_counter() - t0
@@ -88,9 +85,6 @@ def time_prepared(cfg, root: Path, cache: Path, batch: int, batches: int) -> tup
 def time_streaming(cfg, root: Path, cache: Path, batch: int, batches: int) -> tuple[dict, object]:
     """Time the streamed train split over ``batches`` batches, at least 4 shuffle blocks (after the first
     batch, which opens the stream and fills the first block)."""
-    from sashimi_jax import stream
-    from sashimi_jax.prepared import prepare
-
     d = data_config(cfg, root, cache, True)
     prepared = prepare(d)
     batches = max(batches, -(-4 * int(d.shuffle_buffer) // batch))
@@ -115,11 +109,6 @@ def time_streaming(cfg, root: Path, cache: Path, batch: int, batches: int) -> tu
 
 def time_training(cfg, prepared, streamed, steps: int) -> dict:
     """samples/s of the train step fed from the prepared cache and from the stream (same compiled step)."""
-    import jax
-
-    from sashimi_jax import optim, parallel, stream, train_step
-    from sashimi_jax.batches import batch_at
-
     mesh = parallel.make_mesh()
     t = cfg.train
     parts, params = train_step.build_model(cfg)
@@ -149,8 +138,8 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     return {"compile_s": round(compile_s, 2), "n_params": parts.n_params, "samples_per_s": rates}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> None:
+    p = harness.parser(__doc__)
     p.add_argument("--config", default="bigband_2layer", help="a name in configs/ (the model of the train step)")
     p.add_argument("--sample_len", type=int, default=16000, help="window length in samples (a multiple of 16)")
     p.add_argument("--batch_size", type=int, default=1)
@@ -158,15 +147,10 @@ def main(argv=None) -> None:
     p.add_argument("--shards", type=int, default=4, help="parquet shards they are written to")
     p.add_argument("--batches", type=int, default=200, help="batches timed for the data-only rates")
     p.add_argument("--steps", type=int, default=6, help="train steps timed per feed (0: no training part)")
-    p.add_argument("--out", default="", help="also write the JSON here")
-    args = p.parse_args(argv)
-
-    import jax
-
-    from sashimi_jax import load_config
+    args = p.parse_args()
 
     cfg = load_config(
-        REPO / "configs" / f"{args.config}.py",
+        harness.config_file(args.config),
         [f"data.sample_len={args.sample_len}", f"train.batch_size={args.batch_size}"],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,10 +176,7 @@ def main(argv=None) -> None:
             stream_rates["windows_per_s"] >= step_windows
             and training["samples_per_s"]["streaming"] >= 0.9 * training["samples_per_s"]["prepared"]
         )
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    harness.emit(report, args.out)
 
 
 if __name__ == "__main__":

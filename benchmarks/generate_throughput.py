@@ -23,15 +23,23 @@ Reference PyTorch generation on the same kind of machine (REFERENCE.md, dense st
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
+import platform
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sashimi_jax import generator, load_config, runtime
+from sashimi_jax.frames import DEFAULT_CENTRE_STEPS
+from sashimi_jax.sampling import check_sampling
+from sashimi_jax.sashimi import SaShiMi
+
 REFERENCE = {  # aggregate samples/s of the PyTorch reference (dense step) on 2 CPU cores
     ("bigband_2layer", 1): 633,
     ("bigband_8layer", 1): 230,
@@ -42,20 +50,15 @@ RATE = 16000
 
 
 def run_case(
-    config: str, batch: int, samples: int, repeats: int, prompt_seconds: float, sampling: list, reps: int
+    config: str, batch: int, samples: int, repeats: int, prompt_seconds: float, sampling: list, reps: int,
+    cpu_devices: int,
 ) -> dict:
-    """Measure one (config, batch) case in this process."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from sashimi_jax import generator, load_config, sampling as rules
-    from sashimi_jax.sashimi import SaShiMi
-
-    cfg = load_config(REPO / "configs" / f"{config}.py")
+    """Measure one (config, batch) case in this process, split over ``cpu_devices`` CPU devices (0: one per core)."""
+    runtime.cpu_devices(cpu_devices or None)  # as experiments/generate.py: a CPU device per core
+    cfg = load_config(harness.config_file(config))
     model = SaShiMi(cfg.model, rngs=nnx.Rngs(0))
-    gen = generator.Generator(model, rules.check_sampling(*sampling), samples_per_call=samples, centre_steps=reps)
+    rules = check_sampling(*sampling)
+    gen = generator.Generator(model, rules, samples_per_call=samples, centre_steps=reps)
     frames = gen.max_frames
     carry = gen.start(batch)
     key = jax.random.key(0)
@@ -85,7 +88,7 @@ def run_case(
         "median_samples_per_s_per_stream": round(median, 1),
         "median_aggregate_samples_per_s": round(median * batch, 1),
         "real_time_factor": round(best / RATE, 3),
-        "sampling": gen.sampling._asdict(),
+        "sampling": rules._asdict(),
         "frame_samples": gen.frame,
         "devices": f"{len(args[1].devices())} x {gen.devices[0].device_kind}",  # args[1]: known, (B, F)
     }
@@ -102,13 +105,12 @@ def run_case(
         jax.block_until_ready(gen.start(batch, prompt))
         result["prefill_s"] = round(time.perf_counter() - t0, 3)
         result["prompt_seconds"] = prompt_seconds
-    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average"] = harness.load_average()
     return result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default="bigband_2layer,bigband_8layer", help="config names in configs/")
+    p = harness.parser(__doc__.split("\n")[0], configs="bigband_2layer,bigband_8layer", workers=True)
     p.add_argument("--batches", default="1,16,64", help="batch sizes (streams generated together)")
     p.add_argument("--samples", type=int, default=8192, help="samples per stream per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (best and median reported)")
@@ -118,48 +120,21 @@ def main() -> None:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--reps", type=int, default=0, help="centre steps per compiled frame (0 = the library default)")
     p.add_argument("--cpu_devices", type=int, default=0, help="CPU devices to split a batch over (0 = one per core)")
-    p.add_argument("--out", default="", help="also write the JSON here")
-    p.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: config:batch, run in-process
     a = p.parse_args()
-    sampling = [a.temp, a.top_p, a.top_k]
-    if a.case:
-        from sashimi_jax import runtime
-
-        runtime.cpu_devices(a.cpu_devices or None)  # as experiments/generate.py: a CPU device per core
-        config, batch = a.case.split(":")
-        from sashimi_jax.frames import DEFAULT_CENTRE_STEPS as DEFAULT_REPS
-
-        reps = a.reps or DEFAULT_REPS
-        print(json.dumps(run_case(config, int(batch), a.samples, a.repeats, a.prompt_seconds, sampling, reps)))
+    if harness.worker(a, run_case):
         return
-    import platform
-
     results = []
-    for config in a.configs.split(","):
-        for batch in (int(b) for b in a.batches.split(",")):
-            samples = a.samples if batch <= 16 else max(a.samples // 4, 1024)
-            cmd = [
-                sys.executable, __file__, "--case", f"{config}:{batch}", "--samples", str(samples),
-                "--repeats", str(a.repeats), "--prompt_seconds", str(a.prompt_seconds),
-                "--temp", str(a.temp), "--top_p", str(a.top_p), "--top_k", str(a.top_k), "--reps", str(a.reps),
-                "--cpu_devices", str(a.cpu_devices),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-            if proc.returncode or not lines:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                results.append({"config": config, "batch": batch, "error": tail})
-            else:
-                results.append(json.loads(lines[-1]))
+    for config in harness.names(a.configs):
+        for batch in (int(b) for b in harness.names(a.batches)):
+            case = {
+                "config": config, "batch": batch, "samples": a.samples if batch <= 16 else max(a.samples // 4, 1024),
+                "repeats": a.repeats, "prompt_seconds": a.prompt_seconds, "sampling": [a.temp, a.top_p, a.top_k],
+                "reps": a.reps or DEFAULT_CENTRE_STEPS, "cpu_devices": a.cpu_devices,
+            }
+            results.append(harness.in_worker(__file__, case, {"config": config, "batch": batch}))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    report = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "results": results,
-    }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    harness.emit({"machine": machine, "results": results}, a.out)
 
 
 if __name__ == "__main__":

@@ -20,37 +20,34 @@ Prints one JSON object. Needs ../shared/parity (or --parity_dir).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+import harness
+import jax
 import numpy as np
+from flax import nnx
 
-REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"
+import sashimi_jax as sj
+from sashimi_jax import audio, convert, load_config, metrics, optim, parallel, ptfile, train_step
+from sashimi_jax.mulaw import shift_inputs
+
+PARITY = harness.REPO.parent / "shared" / "parity"
 PROTOCOL = ["data.sample_len=4096", "train.batch_size=1", "train.lr=0.004", "train.ssm_lr=0.004",
             "train.weight_decay=0.0", "train.schedule=constant", "train.grad_clip=0.0", "train.ema=0.0"]
 
 
 def protocol_config(seed: int, overrides: list[str]):
     """configs/bigband_2layer.py under the parity protocol, seeded."""
-    from sashimi_jax import load_config
-
-    return load_config(REPO / "configs" / "bigband_2layer.py", [*PROTOCOL, f"train.seed={seed}", *overrides])
+    return load_config(harness.config_file("bigband_2layer"), [*PROTOCOL, f"train.seed={seed}", *overrides])
 
 
 class Trainer:
     """Our train step and evaluation on one device, for a config and (optionally) given initial parameters."""
 
     def __init__(self, cfg, params=None):
-        import jax
-        from flax import nnx
-
-        from sashimi_jax import metrics, optim, parallel, train_step
-        from sashimi_jax.mulaw import shift_inputs
-
         self.cfg, self.mesh = cfg, parallel.make_mesh(jax.devices()[:1])
         self.parts, init = train_step.build_model(cfg)
         params = init if params is None else params
@@ -76,8 +73,6 @@ class Trainer:
 
 def audio_windows(path: str, length: int = 4096) -> np.ndarray:
     """The reference's windows of a recording: 16 kHz mono, non-overlapping, each min-max scaled and mu-law encoded."""
-    from sashimi_jax import audio
-
     return audio.window_tokens(audio.load_audio(path, 16000), length, 8)
 
 
@@ -99,11 +94,6 @@ def curve(seed: int, steps: int, train_w: np.ndarray, eval_w: np.ndarray, overri
 
 def ten_steps(parity: Path, overrides: list[str]) -> dict:
     """Ten of our steps from the official l2.pt against the official losses and l2_after10.pt."""
-    from flax import nnx
-
-    import sashimi_jax as sj
-    from sashimi_jax import convert, ptfile
-
     ref = json.loads((parity / "l2_steps.json").read_text())
     cfg = protocol_config(0, overrides)
     template = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: sj.SaShiMi(cfg.model, rngs=nnx.Rngs(0))), nnx.Param))
@@ -138,8 +128,8 @@ def ten_steps(parity: Path, overrides: list[str]) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> None:
+    p = harness.parser(__doc__, overrides=True)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the learning-curve runs")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--parity_dir", default=str(PARITY), help="the official fixtures (../shared/parity)")
@@ -147,14 +137,10 @@ def main(argv=None) -> None:
     p.add_argument("--eval_audio", default="", help="evaluate on windows of this recording instead of trumpet_4096.npy")
     p.add_argument("--skip_curves", action="store_true")
     p.add_argument("--skip_ten", action="store_true")
-    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
-    p.add_argument("--out", default="", help="also write the JSON here")
-    args = p.parse_args(argv)
+    args = p.parse_args()
     parity = Path(args.parity_dir)
     if not parity.is_dir():
         sys.exit(f"parity fixtures not found at {parity}; pass --parity_dir pointing at shared/parity.")
-    import jax
-
     result: dict = {"device": str(jax.devices()[0].device_kind), "protocol": PROTOCOL, "overrides": args.set}
     if not args.skip_curves:
         train_w = audio_windows(args.train_audio) if args.train_audio else np.load(parity / "brahms_4096.npy")
@@ -177,10 +163,7 @@ def main(argv=None) -> None:
             result["gap_eval"] = result["ours_eval_nll"] - result["official_eval_nll"]
     if not args.skip_ten:
         result["ten_steps"] = ten_steps(parity, args.set)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    harness.emit(result, args.out)
 
 
 if __name__ == "__main__":

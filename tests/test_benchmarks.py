@@ -11,6 +11,9 @@ import sys
 import pytest
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+import harness  # noqa: E402  (benchmarks/ is no package: its scripts import harness beside them)
+
 
 def run_script(name: str, *args: str) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -30,6 +33,42 @@ def test_train_throughput_reports_rate_and_memory():
     assert case["n_params"] > 100_000
 
 
+WORKER = """
+import json, sys, time
+case = json.loads(sys.argv[2])  # argv: --worker CASE
+if case["do"] == "grow":
+    block = b"x" * (300 * 2**20)
+if case["do"] in ("grow", "hang"):
+    time.sleep(60)
+if case["do"] == "oom":
+    raise MemoryError
+if case["do"] == "fail":
+    sys.exit("no config named nothing")
+print("a progress line")
+print(json.dumps({"case": case, "nested": {"x": 1}}, indent=1))
+"""
+
+
+def test_harness_runs_a_case_in_a_worker_and_reports_a_crash_or_a_limit_as_an_error(tmp_path, capsys):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    about = {"config": "demo"}
+
+    def case(do: str, **limits) -> dict:
+        return harness.in_worker(str(script), {"do": do}, about, **limits)
+
+    assert case("answer") == {"case": {"do": "answer"}, "nested": {"x": 1}}
+    assert case("fail") == {"config": "demo", "error": "failed (exit 1): no config named nothing"}
+    assert case("oom")["error"] == "out of memory (exit 1): MemoryError"
+    grown = case("grow", max_rss_gb=0.1, timeout=50)
+    assert grown["error"] == "out of memory: RSS passed --max_rss_gb=0.1 GiB (killed)", grown
+    assert grown["config"] == "demo" and grown["peak_rss_gb_seen"] > 0.1, grown
+    assert case("hang", timeout=0.5) == {"config": "demo", "error": "timed out after 0.5 s (killed)"}
+    out = tmp_path / "r.json"
+    harness.emit({"results": [about]}, str(out))
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text()) == {"results": [about]}
+
+
 def test_generate_throughput_splits_a_batch_over_one_cpu_device_per_core():
     report = run_script(
         "generate_throughput.py", "--configs", "bigband_2layer", "--batches", "2", "--samples", "128",
@@ -39,6 +78,7 @@ def test_generate_throughput_splits_a_batch_over_one_cpu_device_per_core():
     assert "error" not in case, case
     assert case["batch"] == 2 and case["devices"] == "2 x cpu", case
     assert abs(case["aggregate_samples_per_s"] - 2 * case["samples_per_s_per_stream"]) < 1.0  # both rounded
+    assert case["sampling"] == {"temperature": 1.0, "top_p": 1.0, "top_k": 0}, case
     assert case["samples_per_stream_timed"] >= 128 and case["prefill_s"] > 0
 
 
@@ -53,14 +93,52 @@ def test_data_throughput_reports_prepared_and_streamed_windows_per_s():
     assert report["streaming"]["windows_per_s"] > 0 and report["train"] is None
 
 
-def test_generate_ab_times_this_checkout_against_a_commit_in_one_process():
+def test_parity_says_where_its_fixtures_are_missing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "parity.py"), "--parity_dir", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+    )
+    assert proc.returncode == 1 and "parity fixtures not found at" in proc.stderr, proc.stderr[-3000:]
+
+
+def needs_git() -> None:
     git = shutil.which("git")
     if git is None or subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode:
-        pytest.skip("no git checkout: generate_ab.py exports the commit it compares against with git archive")
-    report = run_script("generate_ab.py", "--against", "HEAD", "--configs", "demo", "--samples", "256", "--rounds", "2")
+        pytest.skip("no git checkout: ab.py exports the commit it compares against with git archive")
+
+
+def test_ab_times_generation_of_this_checkout_against_a_commit_in_one_process():
+    needs_git()
+    report = run_script("ab.py", "--what", "generate", "--against", "HEAD", "--configs", "demo", "--samples", "256",
+                        "--rounds", "2")
     (case,) = report["results"]
     assert report["against"] == "HEAD" and case["config"] == "demo" and case["batch"] == 1, report
     rates = case["median_samples_per_s_per_stream"]
     assert set(rates) == {"now", "HEAD"} and min(rates.values()) > 0, rates
     low, high = case["ratio_range"]
     assert 0 < low <= case["ratio"] <= high, case
+
+
+def test_ab_times_a_training_step_against_a_commit_with_the_same_loss_and_gradients(tmp_path):
+    needs_git()
+    out = tmp_path / "ab.json"
+    report = run_script("ab.py", "--what", "train", "--against", "HEAD", "--configs", "demo", "--length", "256",
+                        "--batch", "2", "--rounds", "2", "--out", str(out))
+    assert json.loads(out.read_text()) == report
+    (case,) = report["results"]
+    assert report["what"] == "train" and case["batch"] == 2 and case["samples_per_step"] == 512, report
+    rates = case["median_samples_per_s"]
+    assert set(rates) == {"now", "HEAD"} and min(rates.values()) > 0, rates
+    # the same package code and seed on both sides: the same parameters, loss and gradients, bit for bit
+    assert case["same_loss"] and case["max_abs_grad_diff"] == 0.0 and case["max_abs_param_diff"] == 0.0, case
+    assert 5.0 < case["loss"]["now"] < 6.0, case  # about log(256) = 5.55 at initialisation
+    low, high = case["ratio_range"]
+    assert 0 < low <= case["ratio"] <= high, case
+
+
+def test_generate_ab_is_ab_for_generation():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "generate_ab.py"), "--against", "HEAD", "--length", "16"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+    )
+    assert proc.returncode == 2 and "--length with --what train" in proc.stderr, proc.stderr[-3000:]
