@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.cache_dir = ""  # where prepared tokens are cached ("" = ~/.cache/sashimi_jax)
     d.synthetic_seconds = 240.0  # length of the generated signal for source = "synthetic"
     d.synthetic_files = 16  # the generated signal is split into this many "files"
-    d.synthetic_signal = "band"  # "band" (melody, bass, chords, drums) or "melody" (one plucked voice)
+    d.synthetic_signal = "band"  # "band" (melody, bass, chords, drums) or "melody" (one plucked voice) or "tune" (the melody held legato)
 
     # ---------------------------------------------------------------- training
     t = c.train = ml_collections.ConfigDict()

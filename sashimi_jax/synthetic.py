@@ -91,12 +91,14 @@ def synthetic_music(seconds: float, sample_rate: int = 16000, seed: int = 0) -> 
     return (0.9 * out / max(np.max(np.abs(out)), 1e-9)).astype(np.float32)
 
 
-def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0, decay: float = 0.3, harmonics: int = 3,
+                     velocity: float = 0.6) -> np.ndarray:
     """A deterministic one-voice melody: plucked notes of a major scale that a small model learns in minutes.
 
     A random walk over two octaves of A major (A3 to A5; steps of one or two scale degrees), each note a
-    quarter or an eighth at 120 bpm with three harmonics, a 0.3 s decay and a random velocity. Clear pitches
-    and no noise: what a 3-minute CPU demo can learn to generate as audible notes (see configs/demo.py).
+    quarter or an eighth at 120 bpm with ``harmonics`` harmonics (1/k), an exponential decay of ``decay`` s and a
+    random velocity in [velocity, 1]. Clear pitches and no noise: what a short CPU demo can learn to generate as
+    audible notes (see configs/demo.py).
 
     Returns:
       float32 (round(seconds * sample_rate),) with peak 0.9.
@@ -109,10 +111,15 @@ def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0) ->
         degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 14))
         midi = 57 + 12 * (degree // 7) + int(major[degree % 7])
         length = float(rng.choice([0.25, 0.5]))
-        note = _note(440.0 * 2 ** ((midi - 69) / 12), length, sample_rate, 3, 0.3)
-        _add(out, int(t * sample_rate), rng.uniform(0.6, 1.0) * note)
+        note = _note(440.0 * 2 ** ((midi - 69) / 12), length, sample_rate, harmonics, decay)
+        _add(out, int(t * sample_rate), rng.uniform(velocity, 1.0) * note)
         t += length
     return (0.9 * out / max(np.max(np.abs(out)), 1e-9)).astype(np.float32)
 
 
-SYNTHETIC_SIGNALS = {"band": synthetic_music, "melody": synthetic_melody}  # data.synthetic_signal choices
+def synthetic_tune(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """:func:`synthetic_melody` played legato: notes held (1 s decay), two harmonics, even velocity."""
+    return synthetic_melody(seconds, sample_rate, seed, decay=1.0, harmonics=2, velocity=0.9)
+
+
+SYNTHETIC_SIGNALS = {"band": synthetic_music, "melody": synthetic_melody, "tune": synthetic_tune}  # data.synthetic_signal choices
