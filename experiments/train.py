@@ -65,11 +65,15 @@ def main(args: scripts.Parsed):
 
 
 def print_summary(summary: dict) -> None:
-    """The last line of a run: final step, checkpoints, last validation loss."""
+    """The last line of a run: final step, checkpoints, last validation loss, the cost of listening."""
     val = summary.get("val") or {}
+    listened = ""
+    if "listen_points" in summary:  # train.sample_every: the time spent listening, compilation included
+        listened = f", listened {summary['listen_points']} times in {summary['listen_seconds']:.1f} s"
     print(
         f"done: step {summary['final_step']}, latest checkpoint {summary['latest_step']}, best {summary['best_step']}"
         + (f", last val loss {val['loss']:.4f} nats ({val['bpb']:.4f} bits/sample)" if val else "")
+        + listened
         + f"; workdir {summary['workdir']}",
         flush=True,
     )

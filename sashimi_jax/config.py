@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.log_every = 50  # steps between training-metric log lines
     t.ckpt_every = 1000  # steps between checkpoints (a final one is always written)
     t.keep_ckpts = 3  # most recent checkpoints kept (the best by validation loss is kept too)
+    t.sample_every = 0  # steps between listening points: a short generation with the sample.* settings (0 = off)
+    t.sample_seconds = 1.0  # length of each listening sample (WAV + spectrogram under <workdir>/listen/)
+    t.sample_count = 1  # streams generated at each listening point
 
     # ---------------------------------------------------------------- generation (sampling)
     g = c.sample = ml_collections.ConfigDict()

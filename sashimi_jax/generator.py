@@ -186,7 +186,9 @@ class Generator:
     """Compiled generation for one model, sampling setting and call size.
 
     ``gen.stream(carry, steps, seed)`` yields ``(tokens, carry)`` call by call: int32 (B, n) numpy new samples
-    and the carry after them. Built once, reused across calls (compiles on first use per batch size).
+    and the carry after them. Built once, reused across calls (compiles on first use per batch size);
+    :meth:`set_model` swaps in new parameters of the same model (a training run listening to itself) and keeps
+    the compiled programs.
     ``samples_per_call``: samples per compiled call, rounded up to whole frames. ``centre_steps``: centre
     steps per frame (:func:`sashimi_jax.frames.plan`; results do not depend on it).
     ``devices``: the devices a batch is split over (default: every local device of the parameters' platform;
@@ -222,7 +224,19 @@ class Generator:
         self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
         self.ops = _segments(self.graphdef, self.params, self.plan.steps)
-        self._programs: dict = {}
+        self._programs: dict = {}  # n -> (jitted fn, sharding of its constants, place)
+        self._consts: dict = {}  # n -> (params, ops) placed for program n
+
+    def set_model(self, model: SaShiMi) -> None:
+        """Generate from ``model`` from now on: the same structure with other parameters (a training run's
+        latest), reusing every compiled program. Raises ValueError for a model of another structure."""
+        graphdef, params = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise ValueError("set_model needs a model of the structure this generator was built for; build a new one.")
+        self.model = model
+        self.params = jax.device_put(params, self.sharding)
+        self.ops = _segments(self.graphdef, self.params, self.plan.steps)
+        self._consts = {}
 
     @property
     def frame(self) -> int:
@@ -249,10 +263,13 @@ class Generator:
                 self._programs[n] = self._pipelined(static)
             elif n == 1:
                 fn = jax.jit(functools.partial(run_frames, self.graphdef, **static))
-                self._programs[1] = (fn, (self.params, self.ops), lambda args: jax.device_put(args, self.sharding))
+                self._programs[1] = (fn, self.sharding, lambda args: jax.device_put(args, self.sharding))
             else:
                 self._programs[n] = self._split(n, static)
-        return self._programs[n]
+        fn, shardings, place = self._programs[n]
+        if n not in self._consts:
+            self._consts[n] = jax.device_put((self.params, self.ops), shardings)
+        return fn, self._consts[n], place
 
     def _split(self, n: int, static: dict):
         """:func:`run_frames` on the first n devices, each on its own slice of the batch (axis 1 of the state)."""
@@ -269,7 +286,6 @@ class Generator:
                 check_vma=False,
             )
         )
-        consts = jax.device_put((self.params, self.ops), jax.sharding.NamedSharding(mesh, P()))
         named = lambda s: jax.sharding.NamedSharding(mesh, s)  # noqa: E731
         state_shardings = jax.tree.map(named, state_spec, is_leaf=lambda s: isinstance(s, P))
 
@@ -279,7 +295,7 @@ class Generator:
                 for a in args
             ))
 
-        return fn, consts, place
+        return fn, named(P()), place
 
     def _pipelined(self, static: dict):
         """:func:`run_frames` on the first two devices, the S4 state work on the second (:mod:`sashimi_jax.pipeline`)."""
@@ -287,12 +303,7 @@ class Generator:
         rep = jax.sharding.NamedSharding(mesh, P())
         local = functools.partial(run_frames, self.graphdef, **static, axis="pipe")
         fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))
-        return fn, jax.device_put((self.params, self.ops), rep), lambda args: jax.device_put(args, rep)
-
-    def _run(self, state, known, n_known, n_frames, key):
-        fn, consts, place = self.program(known.shape[0])
-        return fn(*consts, *place((state, known, n_known, jnp.asarray(n_frames, jnp.int32), key)))
-
+        return fn, rep, lambda args: jax.device_put(args, rep)
 
     def _run(self, state, known, n_known, n_frames, key):
         fn, consts, place = self.program(known.shape[0])

@@ -1,10 +1,10 @@
 """Training logs in the work directory: JSON lines, TensorBoard events and a loss-curve PNG.
 
-* ``metrics.jsonl``: one JSON object per line, ``{"split": "train"|"val", "step": int, "loss": ..., ...}``.
+* ``metrics.jsonl``: one JSON object per line, ``{"split": "train"|"val"|"listen", "step": int, "loss": ..., ...}``.
   On resume, lines of steps after the restored checkpoint (written by the interrupted run) are dropped,
   so the file reads like one uninterrupted run.
-* ``tb/``: TensorBoard scalars ``<split>/<metric>`` (tensorboardX); events of steps after the restored
-  checkpoint are purged the same way.
+* ``tb/``: TensorBoard scalars ``<split>/<metric>`` (tensorboardX), and the audio and spectrograms of listening
+  (sashimi_jax.listen); events of steps after the restored checkpoint are purged the same way.
 * ``loss.png``: train and validation loss in bits per sample vs step, redrawn after each evaluation.
 
 A train record averages the steps since the previous one (:class:`Meter`: the metric table, gradient norm,
@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sashimi_jax import metrics as metlib
 from sashimi_jax.workdir import write_text_atomic
@@ -105,6 +107,21 @@ class RunLog:
                 self._tb.add_scalar(f"{split}/{k.replace('@', '_at_')}", v, int(step))
         self._tb.flush()
         return record
+
+    def add_audio(self, tag: str, step: int, wave: np.ndarray, rate: int) -> None:
+        """Put a float (n,) waveform in [-1, 1] in TensorBoard as audio ``tag`` at ``step``."""
+        if self.enabled:
+            self._tb.add_audio(tag, np.asarray(wave, np.float32), int(step), sample_rate=int(rate))
+            self._tb.flush()
+
+    def add_png(self, tag: str, step: int, path: str | os.PathLike) -> None:
+        """Put a PNG file (a spectrogram) in TensorBoard as image ``tag`` at ``step``."""
+        if self.enabled:
+            import matplotlib.image  # deferred: matplotlib is heavy, and only images need it
+
+            rgb = matplotlib.image.imread(str(path))[..., :3]  # float (H, W, 3) in [0, 1]
+            self._tb.add_image(tag, rgb, int(step), dataformats="HWC")
+            self._tb.flush()
 
     def plot(self) -> None:
         """Redraw loss.png from every record so far."""

@@ -3,7 +3,8 @@
 :func:`train` checks the config and the workdir, takes the workdir's lock, prepares the data, restores
 the latest intact checkpoint (or starts at step 0) and runs the loop (:class:`_Run`): one train step per
 batch, a train record every ``train.log_every`` steps, a validation (sashimi_jax.evaluate) every
-``train.eval_every`` steps with the plateau rule (sashimi_jax.optim), and a checkpoint every
+``train.eval_every`` steps with the plateau rule (sashimi_jax.optim), a listening point every ``train.sample_every``
+steps when asked (sashimi_jax.listen: a short generation written, measured and logged), and a checkpoint every
 ``train.ckpt_every`` steps, after each validation and on SIGTERM / SIGINT (sashimi_jax.signals).
 A rerun resumes from the latest intact checkpoint and ends bit-identical to an uninterrupted run.
 """
@@ -28,6 +29,7 @@ from sashimi_jax.batches import batch_at
 from sashimi_jax.config import ConfigError
 from sashimi_jax.damage import restore_intact
 from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
+from sashimi_jax.listen import Listener, check_listen_config, listening_due
 from sashimi_jax.logs import Meter, RunLog
 from sashimi_jax.prepared import PreparedData, prepare
 from sashimi_jax.signals import StopFlag
@@ -65,6 +67,7 @@ def check_train_config(cfg: ml_collections.ConfigDict) -> None:
         )
     if cfg.model.n_classes != 2**cfg.data.bits:
         raise ConfigError(f"model.n_classes={cfg.model.n_classes} must equal 2**data.bits = {2**cfg.data.bits}.")
+    check_listen_config(cfg)
 
 
 def default_workdir(cfg: ml_collections.ConfigDict) -> str:
@@ -204,7 +207,9 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     del host_state, params
     step_fn = make_train_step(parts, tx, cfg, mesh)
     eval_fn = make_eval_step(parts.eval_graphdef, parts.rest, int(cfg.data.bits), mesh)
-    run = _Run(cfg, workdir_path, mesh, (prepared, feed), manager, state, (step_fn, eval_fn), say)
+    listening = primary and cfg.train.sample_every > 0  # process 0 listens (sashimi_jax.listen)
+    listener = Listener(cfg, workdir_path, parts.eval_graphdef, parts.rest) if listening else None
+    run = _Run(cfg, workdir_path, mesh, (prepared, feed), manager, state, (step_fn, eval_fn), say, listener)
     summary = {"workdir": str(workdir_path), "start_step": start, "n_params": parts.n_params}
     return run.loop(start, summary, progress=primary and progress, own_log=log is not None)
 
@@ -212,9 +217,10 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
 class _Run:
     """The loop of one training run: steps, train records, validations and checkpoints (see :func:`train`)."""
 
-    def __init__(self, cfg, workdir: Path, mesh, data: tuple, manager, state: dict, fns: tuple, say):
-        """``data``: (PreparedData, StreamFeed or None); ``fns``: (jitted train step, jitted eval step)."""
-        self.cfg, self.t, self.workdir, self.mesh = cfg, cfg.train, workdir, mesh
+    def __init__(self, cfg, workdir: Path, mesh, data: tuple, manager, state: dict, fns: tuple, say, listener=None):
+        """``data``: (PreparedData, StreamFeed or None); ``fns``: (jitted train step, jitted eval step);
+        ``listener``: the run's :class:`sashimi_jax.listen.Listener` (process 0, listening on), or None."""
+        self.cfg, self.t, self.workdir, self.mesh, self.listener = cfg, cfg.train, workdir, mesh, listener
         (self.prepared, self.feed), (self.step_fn, self.eval_fn) = data, fns
         self.manager, self.state, self.say = manager, state, say
         self.primary = jax.process_index() == 0
@@ -246,6 +252,8 @@ class _Run:
                 done = step + 1
                 self.record(step, start, {k: float(v) for k, v in parallel.tree_to_host(out).items()}, runlog)
                 val_loss = self.validate(done, runlog) if done % t.eval_every == 0 or done == t.num_steps else None
+                if self.listener is not None and listening_due(t, done):
+                    self.listen(done, runlog)
                 stopping = stop.requested()
                 if done % t.ckpt_every == 0 or done == t.num_steps or val_loss is not None or stopping:
                     self.checkpoint(done, val_loss)
@@ -261,6 +269,8 @@ class _Run:
                 best_step=ckpt.best_step(self.manager),
                 latest_step=self.manager.latest_step(),
             )
+            if self.listener is not None:
+                summary.update(listen_points=self.listener.points, listen_seconds=self.listener.seconds)
             return summary
         finally:
             stop.restore()
@@ -314,6 +324,13 @@ class _Run:
             f"({time.perf_counter() - t_eval:.1f} s)"
         )
         return val_loss
+
+    def listen(self, done: int, runlog: RunLog) -> None:
+        """A listening point (sashimi_jax.listen) from a host copy of the evaluation parameters (the train step
+        donates its state); its time is left out of the throughput."""
+        t0 = time.perf_counter()
+        self.say(self.listener.listen(done, parallel.tree_to_host(eval_params(self.state)), runlog))
+        self.meter.pause(time.perf_counter() - t0)
 
     def checkpoint(self, done: int, val_loss: float | None) -> None:
         """Save checkpoint ``done`` (with the config, and first the stream position when streaming)."""

@@ -1,4 +1,5 @@
-"""Shared test helpers: a torch-free writer of torch.save files and the official parity fixtures.
+"""Shared test helpers: a torch-free writer of torch.save files, the official parity fixtures, and a reader of
+TensorBoard event files.
 
 The writer: a small pure-Python pickler emits the same opcodes torch.save does (GLOBAL
 torch._utils._rebuild_tensor_v2, BINPERSID storage ids, ...), and the zip layout is assembled by hand.
@@ -10,6 +11,7 @@ import collections
 import functools
 import io
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flax import nnx
+from tensorboardX.proto import event_pb2
 
 import sashimi_jax as sj
 from sashimi_jax import convert, official
@@ -158,3 +161,19 @@ def small_state_dict():
     model = sj.SaShiMi(cfg.model, rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return cfg.model, params, convert.to_state_dict(params, cfg.model)
+
+
+def tb_events(tb_dir: Path) -> list[tuple[str, int, str]]:
+    """(tag, step, kind) of every value in the TensorBoard event files of ``tb_dir``; kind: simple_value, audio, image.
+
+    Event files are TFRecords: a little-endian uint64 length, its CRC, the serialized Event, the data's CRC.
+    """
+    out = []
+    for path in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            out += [(v.tag, event.step, v.WhichOneof("value")) for v in event.summary.value]
+            i += 12 + n + 4
+    return out

@@ -1,4 +1,5 @@
-"""Evaluation (sashimi_jax.evaluate): the CLI's metric table, and an evaluation that loads no training code."""
+"""Evaluation (sashimi_jax.evaluate): the CLI's metric table, and an evaluation (of a split or of audio files,
+sashimi_jax.evaluate_audio) that loads no training code."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_evaluate_cli_writes_metric_table(env, reference, tmp_path):
 EVALUATE = """
 import json, sys
 from sashimi_jax.evaluate import evaluate_run
+import sashimi_jax.evaluate_audio  # experiments/evaluate.py --samples
 result = evaluate_run(sys.argv[1], "val", which="latest", write=False)
 print(json.dumps({"step": result["step"], "modules": sorted(m for m in sys.modules if m.startswith("sashimi_jax"))}))
 """

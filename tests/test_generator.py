@@ -1,16 +1,18 @@
 """Compiled generation (sashimi_jax.generator): greedy is the parallel argmax, sampling follows the positional
-uniforms of the one-sample step, prompts prefill the state stepping gives, a split generation equals one call."""
+uniforms of the one-sample step, prompts prefill the state stepping gives, a split generation equals one call,
+new parameters reuse the compiled program."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import reference
-from conftest import shifted
+from conftest import DEMO, TINY, shifted
 from flax import nnx
 
-from sashimi_jax import frames, generator, mulaw, sampling, scoring
+from sashimi_jax import SaShiMi, frames, generator, load_config, mulaw, sampling, scoring
 
 
 def test_greedy_generation_is_the_parallel_argmax(model):
@@ -92,3 +94,23 @@ def test_generated_bits_per_sample_are_the_model_likelihood(model):
     assert c.generated == 1001
     tokens = np.concatenate([np.tile(prompt, (2, 1)), a, b], axis=1)
     np.testing.assert_allclose(c.bits_per_sample(), scoring.log_likelihood(model, tokens, start=70), rtol=1e-5)
+
+
+def test_set_model_swaps_the_parameters_without_compiling_again(model):
+    """A generator handed another model of the same structure draws that model's samples from the same compiled
+    program (a training run listening to itself); a model of another structure is refused."""
+    cfg = load_config(DEMO, TINY).model
+    other = SaShiMi(cfg, rngs=nnx.Rngs(5))
+    gen = generator.Generator(other, sampling.check_sampling(0.9, 0.95), samples_per_call=512)
+
+    def draw():
+        return np.concatenate([toks for toks, _ in gen.stream(gen.start(2), 600, seed=4)], axis=1)
+
+    ref = draw()
+    gen.set_model(model)
+    mine = draw()
+    gen.set_model(other)
+    np.testing.assert_array_equal(draw(), ref)
+    assert (mine != ref).mean() > 0.5 and gen.program(2)[0]._cache_size() == 1
+    with pytest.raises(ValueError, match="structure"):
+        gen.set_model(SaShiMi(load_config(DEMO, [*TINY, "model.d_model=8"]).model, rngs=nnx.Rngs(0)))

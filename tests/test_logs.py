@@ -1,11 +1,13 @@
-"""Training logs (sashimi_jax.logs): a resumed run drops the records after its checkpoint, and the meter averages
-the steps between two records with compilation left out of the throughput."""
+"""Training logs (sashimi_jax.logs): a resumed run drops the records after its checkpoint, the meter averages
+the steps between two records with compilation left out of the throughput, audio and images reach TensorBoard."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from helpers import tb_events
 
 from sashimi_jax.logs import METRICS_FILE, Meter, RunLog, read_records
 
@@ -37,3 +39,18 @@ def test_meter_averages_the_steps_of_a_record():
     meter.add({"nll": 1.0, "tokens": 1.0, **{f"correct@{k}": 1.0 for k in (1, 3, 5, 10)}, "loss": 1.0, "grad_norm": 1.0})
     rec = meter.flush(samples_per_step=100)
     assert rec["steps_per_s"] > 0 and rec["samples_per_s"] == pytest.approx(100 * rec["steps_per_s"])
+
+
+def test_audio_and_spectrogram_go_to_tensorboard(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = tmp_path / "spec.png"
+    plt.imsave(png, np.random.default_rng(0).uniform(size=(20, 30)))
+    log = RunLog(tmp_path)
+    log.add_audio("listen/0", 7, np.sin(np.arange(1600) / 5.0) * 0.5, 16000)
+    log.add_png("listen/0_spectrogram", 7, png)
+    log.close()
+    assert tb_events(tmp_path / "tb") == [("listen/0", 7, "audio"), ("listen/0_spectrogram", 7, "image")]
