@@ -56,6 +56,7 @@ TINY = [
     "train.ckpt_every=5",
     "train.log_every=5",
     "train.keep_ckpts=2",
+    "train.sample_every=0",  # no listening (the demo listens): tests of listening turn it on themselves
 ]
 
 
