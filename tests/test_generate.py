@@ -20,6 +20,7 @@ from tiny_run import damage, latest_steps, snapshot
 
 from sashimi_jax import audio, generate, load_config, mulaw, optim, train_step
 from sashimi_jax import checkpoint as ckpt
+from sashimi_jax.synthetic import HELD_BACK_SEED, SYNTHETIC_SEED, synthetic_melody
 from sashimi_jax.workdir import WorkdirError
 
 GEN_CLI = str(REPO / "experiments" / "generate.py")
@@ -168,3 +169,15 @@ def test_no_intact_checkpoint_leaves_no_output_directory(env, reference, tmp_pat
     assert snapshot(kept) == before
 
 
+
+
+def test_synthetic_prompt_is_a_piece_the_run_never_trained_on():
+    """--prompt synthetic: the run's kind of synthetic signal, another seed than training's, encoded as training
+    data is (min-max scaled, mu-law)."""
+    cfg = load_config(DEMO)
+    req = generate.Request(prompt="synthetic", prompt_seconds=0.25)
+    tokens = generate.encode_prompt(req, cfg, total=16000)
+    assert tokens.shape == (4000,) and tokens.dtype == np.int32 and 0 <= tokens.min() < tokens.max() <= 255
+    held, trained = (synthetic_melody(0.25, 16000, s) for s in (HELD_BACK_SEED, SYNTHETIC_SEED))
+    np.testing.assert_array_equal(tokens, mulaw.encode_window(held))
+    assert not np.array_equal(tokens, mulaw.encode_window(trained))

@@ -6,8 +6,10 @@ import json
 import os
 
 import pytest
+from conftest import DEMO
 
 from sashimi_jax import generate_request as genlib
+from sashimi_jax import load_config
 
 
 def test_default_workdir_is_the_newest_demo_run(tmp_path):
@@ -41,3 +43,15 @@ def test_default_workdir_is_the_newest_demo_run(tmp_path):
 def test_bad_requests_are_refused(field, value, words):
     with pytest.raises(ValueError, match=words):
         genlib.check_request(genlib.Request(**{field: value}))
+
+
+def test_the_run_default_prompt_and_none():
+    """A run's sample.prompt / prompt_seconds are the defaults; --prompt and --prompt=none override them."""
+    cfg = load_config(DEMO, ["sample.prompt=synthetic", "sample.prompt_seconds=0.5"])
+    r = genlib.resolve(genlib.Request(), cfg)
+    assert (r.prompt, r.prompt_seconds) == ("synthetic", 0.5)
+    assert genlib.resolve(genlib.Request(prompt="none"), cfg).prompt is None
+    assert genlib.resolve(genlib.Request(prompt="x.wav"), cfg).prompt_seconds == 1.0  # min(4, seconds / 2)
+    assert genlib.resolve(genlib.Request(), load_config(DEMO)).prompt is None
+    with pytest.raises(genlib.GenerateError, match="--prompt_seconds needs --prompt FILE"):
+        genlib.check_request(genlib.Request(prompt="none", prompt_seconds=1.0))
