@@ -96,14 +96,14 @@ class _LegacyStorages:
 
 def _resolve(path: str, tensors: dict[str, Tensor], read: Callable[[Storage], bytes], big_endian: bool) -> dict[str, np.ndarray]:
     """Arrays for every tensor, reading each distinct storage (record, type, extent) once."""
-    cache: dict[Storage, bytes] = {}
+    read_storages: dict[Storage, bytes] = {}
     out: dict[str, np.ndarray] = {}
     for key, tensor in tensors.items():
         storage = tensor.storage
         try:
-            if storage not in cache:
-                cache[storage] = read(storage)
-            out[key] = materialise(tensor, cache[storage], big_endian)
+            if storage not in read_storages:
+                read_storages[storage] = read(storage)
+            out[key] = materialise(tensor, read_storages[storage], big_endian)
         except PtFileError as err:
             raise PtFileError(f"{path}: entry {clean(repr(key), 100)}: {err}") from None
     return out
