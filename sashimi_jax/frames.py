@@ -60,13 +60,13 @@ def plan(model: SaShiMi, centre_steps: int = DEFAULT_CENTRE_STEPS) -> Plan:
     tiers, whose H is largest, update once per frame. Longer segments cost more per sample in the (F, B, H)
     accumulator updates, hence the top tier's shorter ones. With a single tier everything is one segment.
     """
-    reps, depth = int(centre_steps), len(model.pools)
+    n_centre, depth = int(centre_steps), len(model.pools)
     per_centre = [model.strides[-1] // s for s in model.strides]  # steps of tier i per centre step
-    group = math.gcd(reps, TOP_GROUP) if depth else reps
-    steps = tuple(n * group if (i == 0 and depth) else n * reps for i, n in enumerate(per_centre))
-    inner = tuple(i for i in range(depth + 1) if steps[i] == per_centre[i] * group and group < reps)
+    group = math.gcd(n_centre, TOP_GROUP) if depth else n_centre
+    steps = tuple(n * group if (i == 0 and depth) else n * n_centre for i, n in enumerate(per_centre))
+    inner = tuple(i for i in range(depth + 1) if steps[i] == per_centre[i] * group and group < n_centre)
     outer = tuple(i for i in range(depth + 1) if i not in inner)
-    return Plan(reps, reps * model.strides[-1], group, steps, inner, outer)
+    return Plan(n_centre, n_centre * model.strides[-1], group, steps, inner, outer)
 
 
 def check_ops(plan_: Plan, ops: Ops) -> None:

@@ -9,7 +9,7 @@ Usage::
     # or all at once: tokens, carry = generate(model, 4, steps=..., temperature=0.8, top_p=0.95, seed=0)
 
 Each call runs whole frames (:mod:`sashimi_jax.frames`, 256 samples by default) and the host only sees
-finished calls. With several devices (on a CPU: one per core, ``sashimi_jax.cli.cpu_devices``) the batch is
+finished calls. With several devices (on a CPU: one per core, ``sashimi_jax.runtime.cpu_devices``) the batch is
 split among them, each looping over its own streams with the same uniforms as a single device would use; a
 batch no device count divides runs pipelined over two devices (:mod:`sashimi_jax.pipeline`).
 
@@ -192,7 +192,7 @@ class Generator:
     ``samples_per_call``: samples per compiled call, rounded up to whole frames. ``centre_steps``: centre
     steps per frame (:func:`sashimi_jax.frames.plan`; results do not depend on it).
     ``devices``: the devices a batch is split over (default: every local device of the parameters' platform;
-    on a CPU, ``sashimi_jax.cli.cpu_devices`` makes one device per core). A batch of B streams runs on the
+    on a CPU, ``sashimi_jax.runtime.cpu_devices`` makes one device per core). A batch of B streams runs on the
     largest number of them that divides B, each device looping over its own streams with no communication
     (``shard_map``); the samples do not depend on the split. ``pipeline``: a batch that no device count
     divides (one stream, say) runs on two devices, the second doing the S4 state work one segment behind

@@ -56,7 +56,7 @@ def cpu_devices(count: int | None = None) -> None:
     """Make one JAX CPU device per core, so that generation splits a batch of streams across the cores.
 
     A sample-by-sample loop runs on one core per device; with a device per core,
-    :class:`sashimi_jax.sample.Generator` runs each core's share of the streams side by side. This must run
+    :class:`sashimi_jax.generator.Generator` runs each core's share of the streams side by side. This must run
     before JAX initialises its backends, and it does nothing when the user has already chosen a count
     (``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or the
     backends are already up. GPU devices are unaffected.
