@@ -17,9 +17,11 @@ from tiny_run import CPU, EVAL_CLI, run_cli
 from sashimi_jax import parallel
 from sashimi_jax.audio import AudioError, load_audio
 from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
-from sashimi_jax.evaluate_audio import audio_windows, evaluate_audio, model_bits
+from sashimi_jax.evaluate_audio import audio_windows, evaluate_audio, grid_tokens, model_bits
+from sashimi_jax.mulaw import mu_law_decode
 from sashimi_jax.params import restore_model
 from sashimi_jax.report import MEASURES, ReportError
+from sashimi_jax.scoring import log_likelihood
 
 MESH = parallel.make_mesh(CPU[:1])
 
@@ -84,3 +86,21 @@ def test_cli_prints_a_line_per_file_and_fails_in_one_sentence(reference, tmp_pat
     (tmp_path / "empty").mkdir()
     res = run_cli([EVAL_CLI, "--workdir", str(reference[0]), "--samples", str(tmp_path / "empty")], timeout=60)
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: no audio files")
+
+
+def test_generated_audio_is_scored_as_the_tokens_it_holds(reference, tmp_path):
+    """A WAV of decoded mu-law tokens (what generate.py writes, 16-bit) gives back its tokens, and its bits per
+    sample are the model's likelihood of those tokens (not of min-max scaled windows); other audio is not on
+    the grid."""
+    tokens = np.random.default_rng(3).integers(0, 256, 3000).astype(np.int32)
+    path = tmp_path / "generated.wav"
+    sf.write(path, np.asarray(mu_law_decode(tokens)), SR, subtype="PCM_16")
+    x = load_audio(path, SR)
+    codes, on_grid = grid_tokens(x)
+    assert on_grid and np.array_equal(codes, tokens)
+    assert not grid_tokens(tone(0.2, SR).astype(np.float32))[1]
+    with jax.default_device(CPU[0]):
+        model, cfg, _ = restore_model(reference[0], "latest", parallel.make_mesh(CPU[:1]))
+        got = model_bits(model, x, int(cfg.data.sample_len), 8)
+        want = log_likelihood(model, tokens[None])[0]
+    assert abs(got - want) < 1e-9
