@@ -52,7 +52,8 @@ import harness
 RATE = 16000
 PACKAGES = (  # what the project imports, and what the carried wheels (benchmarks/device_requirements.txt) bring
     "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "tensorstore", "ml-collections",
-    "datasets", "huggingface-hub", "librosa", "numba", "soundfile", "soxr", "pyarrow", "tensorboardX", "natsort",
+    "datasets", "huggingface-hub", "librosa", "audioread", "numba", "soundfile", "soxr", "pyarrow", "tensorboardX",
+    "natsort",
     "pytest", "pytest-xdist",
 )
 TEST_FILES = ("tests/test_kernel.py", "tests/test_sashimi.py", "tests/test_frames.py", "tests/test_official.py")
