@@ -6,8 +6,12 @@ S4 layers in :mod:`sashimi_jax.s4`) -> logits -> :mod:`sashimi_jax.train` (loss)
 (next token, frame by frame) -> WAV (:mod:`sashimi_jax.generate`). ARCHITECTURE.md maps every module.
 """
 
-from sashimi_jax.config import ConfigError, load_config
-from sashimi_jax.sashimi import SaShiMi, SaShiMiState, count_params
+from sashimi_jax import runtime
+
+runtime.avoid_fft_deadlock()  # before any module here starts JAX's backends (see runtime)
+
+from sashimi_jax.config import ConfigError, load_config  # noqa: E402
+from sashimi_jax.sashimi import SaShiMi, SaShiMiState, count_params  # noqa: E402
 
 __all__ = ["ConfigError", "SaShiMi", "SaShiMiState", "count_params", "load_config"]
 __version__ = "0.1.0"

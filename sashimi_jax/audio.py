@@ -33,7 +33,7 @@ class AudioError(ValueError):
 
 def _decode_audioread(path: str) -> tuple[np.ndarray, int]:
     """Decode with audioread (ffmpeg/gstreamer/raw backends): float32 (length, channels), rate."""
-    import audioread  # deferred: the rare fallback decoder, not a declared dependency (librosa brings it)
+    import audioread  # deferred: the rare fallback decoder (declared: librosa 1.0 no longer brings it)
 
     with audioread.audio_open(path) as f:
         rate, channels = f.samplerate, f.channels

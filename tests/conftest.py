@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from flax import nnx
+from helpers import SHARED
 from reference import run
 
 from sashimi_jax import SaShiMi, frames, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
+SHARED_AUDIO = SHARED / "audio"  # helpers.shared_dir: $SASHIMI_SHARED, ./shared or ../shared
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 

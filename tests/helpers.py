@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -27,7 +28,18 @@ from sashimi_jax.config import base_config
 from sashimi_jax.ptfile import PtFileError
 
 REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"  # the official PyTorch code's weights, inputs and logits (e757cef)
+
+
+def shared_dir() -> Path:
+    """The project's shared fixtures (``parity/``, ``audio/``): ``$SASHIMI_SHARED`` when set, else ``shared/``
+    inside the checkout when there is one (what travels to a device machine), else ``../shared`` beside it."""
+    if os.environ.get("SASHIMI_SHARED"):
+        return Path(os.environ["SASHIMI_SHARED"])
+    return REPO / "shared" if (REPO / "shared").is_dir() else REPO.parent / "shared"
+
+
+SHARED = shared_dir()
+PARITY = SHARED / "parity"  # the official PyTorch code's weights, inputs and logits (e757cef)
 needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason=f"official parity fixtures not found at {PARITY}")
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 forward = nnx.jit(lambda model, tokens: model(tokens))  # the parallel (training) pass, compiled once

@@ -24,6 +24,22 @@ def test_deterministic_gpu_appends_once_and_never_on_cpu(monkeypatch):
     assert os.environ["XLA_FLAGS"] == ""
 
 
+def test_fft_deadlock_flag_only_from_jaxlib_0_11_and_never_over_the_users(monkeypatch):
+    assert runtime._jaxlib_version() == tuple(int(p) for p in jax.lib.__version__.split(".")[:2])
+    monkeypatch.setattr(runtime, "_jaxlib_version", lambda: (0, 11))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+    runtime.avoid_fft_deadlock()
+    runtime.avoid_fft_deadlock()
+    assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_multi_thread_eigen=false"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")  # the user's choice wins
+    runtime.avoid_fft_deadlock()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
+    monkeypatch.setattr(runtime, "_jaxlib_version", lambda: (0, 10))
+    monkeypatch.delenv("XLA_FLAGS")
+    runtime.avoid_fft_deadlock()
+    assert "XLA_FLAGS" not in os.environ
+
+
 def test_compile_cache_and_devices_leave_the_users_choice(monkeypatch):
     before = (jax.config.jax_compilation_cache_dir, jax.config.jax_num_cpu_devices)
     runtime.enable_compile_cache("")  # off
