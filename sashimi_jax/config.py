@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0  # dropout after the S4 activation and inside FF blocks (reference: 0.0)
     m.remat = True  # recompute each (S4, FF) pair in the backward pass: a few GiB at 131072 samples, same speed on CPU
     m.n_classes = 256  # vocabulary: 8-bit mu-law -> 256 classes (input embedding and output head)
+    m.label_sizes = ()  # values per label field (data.labels), set from the data's vocabulary; () = unconditional
 
     # ---------------------------------------------------------------- data
     d = c.data = ml_collections.ConfigDict()

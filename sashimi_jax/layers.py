@@ -5,6 +5,9 @@
 * :class:`FFBlock` -- x + Linear(GELU(Linear(LayerNorm(x)))): position-wise, (..., H) in either mode.
 * :class:`DownPool` / :class:`UpPool` -- the causal pooling between tiers: whole sequences (``__call__``) or
   one pooled step (:meth:`DownPool.step` of a full buffer, :meth:`UpPool.step` into the next p outputs).
+* :class:`LabelEmbed` -- the labels of a stream (one id per field) -> one conditioning vector (B, D), which
+  every S4 block turns into a bias of its S4 layer's input (:meth:`S4Block.bias`): the one place a
+  per-stream input enters the blocks.
 
 Every linear layer is initialised as torch.nn.Linear (:func:`torch_linear`), every nonlinearity is the exact
 GELU (:func:`gelu`), as in the reference.
@@ -54,15 +57,45 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * SQRT_HALF))
 
 
-class S4Block(nnx.Module):
-    """x + GLU(Linear(GELU(S4(LayerNorm(x))))), in both modes of the S4 layer (:meth:`sashimi_jax.s4.S4.__call__`)."""
+class LabelEmbed(nnx.Module):
+    """Labels int32 (B, n_fields) -> float32 (B, D): the sum of one learned embedding per field.
 
-    def __init__(self, d: int, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    Field f has ``sizes[f]`` values (ids 0 .. sizes[f] - 1) plus the null label, id ``sizes[f]``: the label
+    that says nothing (label dropout in training, the unconditional stream of classifier-free guidance).
+    Embeddings N(0, 1), as the token embedding.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], d: int, *, rngs: nnx.Rngs):
+        self.sizes = tuple(int(n) for n in sizes)
+        init = jax.nn.initializers.normal(1.0)
+        self.fields = nnx.List([nnx.Embed(n + 1, d, embedding_init=init, rngs=rngs) for n in self.sizes])
+
+    def null(self, batch: int) -> jax.Array:
+        """The null label of every field: int32 (batch, n_fields)."""
+        return jnp.broadcast_to(jnp.asarray(self.sizes, jnp.int32), (batch, len(self.sizes)))
+
+    def __call__(self, labels: jax.Array) -> jax.Array:
+        return sum(embed(labels[:, f]) for f, embed in enumerate(self.fields))
+
+
+class S4Block(nnx.Module):
+    """x + GLU(Linear(GELU(S4(LayerNorm(x) + bias)))), in both modes of the S4 layer (:meth:`sashimi_jax.s4.S4.__call__`).
+
+    ``bias`` (B, H) is the stream's conditioning (:meth:`bias` of the :class:`LabelEmbed` vector), the same at
+    every step; a block of an unconditional model (``d_label`` 0) has no such input and no such parameters.
+    """
+
+    def __init__(self, d: int, cfg: ml_collections.ConfigDict, *, d_label: int = 0, rngs: nnx.Rngs):
         self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs)
         self.s4 = S4(d, cfg.d_state, cfg.dt_min, cfg.dt_max, rngs=rngs)
         self.glu = bool(cfg.glu)
         self.out = torch_linear(d, 2 * d if self.glu else d, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout > 0 else None)
+        self.label = torch_linear(d_label, d, rngs=rngs) if d_label else None
+
+    def bias(self, cond: jax.Array) -> jax.Array:
+        """The conditioning vector float32 (B, D) -> this block's S4 input bias (B, H)."""
+        return self.label(cond)
 
     def mix(self, z: jax.Array) -> jax.Array:
         """The position-wise part after the SSM: GELU -> Linear -> (GLU) -> dropout."""
@@ -72,11 +105,16 @@ class S4Block(nnx.Module):
         return self.drop(z)
 
     def __call__(
-        self, x: jax.Array, state: S4State | None = None, ops: jax.Array | Segment | None = None
+        self, x: jax.Array, state: S4State | None = None, ops: jax.Array | Segment | None = None,
+        bias: jax.Array | None = None,
     ) -> tuple[jax.Array, S4State | None]:
         """Parallel: x (B, L, H) -> ((B, L, H), None); ``ops`` the S4 kernel (H, L) when computed already.
-        Recurrent: x (B, H), the S4 layer's state and :class:`Segment` -> ((B, H), the state after the step)."""
-        y, state = self.s4(self.norm(x), state, ops)
+        Recurrent: x (B, H), the S4 layer's state and :class:`Segment` -> ((B, H), the state after the step).
+        ``bias``: float32 (B, H) (:meth:`bias`), a conditional model's only; None for an unconditional one."""
+        z = self.norm(x)
+        if bias is not None:
+            z = z + (bias[:, None] if x.ndim == 3 else bias)
+        y, state = self.s4(z, state, ops)
         return x + self.mix(y), state
 
 

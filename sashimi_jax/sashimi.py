@@ -30,13 +30,16 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from sashimi_jax.layers import LN_EPS, DownPool, FFBlock, S4Block, UpPool, torch_linear
+from sashimi_jax.layers import LN_EPS, DownPool, FFBlock, LabelEmbed, S4Block, UpPool, torch_linear
 from sashimi_jax.recurrence import S4State, Segment
 
 
-def block_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
-    """One (S4 block, FF block) pair in parallel mode: (B, L, H) -> (B, L, H) (``kernel``: the S4 block's, if computed already)."""
-    x, _ = s4_block(x, None, kernel)
+def block_pair(
+    s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array, kernel: jax.Array | None = None, bias: jax.Array | None = None
+) -> jax.Array:
+    """One (S4 block, FF block) pair in parallel mode: (B, L, H) -> (B, L, H) (``kernel``: the S4 block's, if computed
+    already; ``bias``: its conditioning (B, H), see :meth:`S4Block.__call__`)."""
+    x, _ = s4_block(x, None, kernel, bias)
     return x if ff_block is None else ff_block(x)
 
 
@@ -76,7 +79,7 @@ def recompute_in_backward(fn):
     return run
 
 
-def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax.Array:
+def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """:func:`block_pair` rematerialised (:func:`recompute_in_backward`): the backward pass recomputes it.
 
     The S4 kernel depends on parameters only: it is computed once, outside the recomputation, and passed in
@@ -87,11 +90,11 @@ def remat_pair(s4_block: S4Block, ff_block: FFBlock | None, x: jax.Array) -> jax
     kernel = s4_block.s4.kernel(x.shape[1])
     graphdef, state = nnx.split((s4_block, ff_block))
 
-    def pure(state_and_kernel, x):
+    def pure(state_and_kernel, x_and_bias):
         state, kernel = state_and_kernel
-        return block_pair(*nnx.merge(graphdef, state), x, kernel)
+        return block_pair(*nnx.merge(graphdef, state), x_and_bias[0], kernel, x_and_bias[1])
 
-    return recompute_in_backward(pure)((state, kernel), x)
+    return recompute_in_backward(pure)((state, kernel), (x, bias))
 
 
 class Tier(nnx.Module):
@@ -101,8 +104,8 @@ class Tier(nnx.Module):
     inputs are kept, which is what lets long windows train in a few GiB.
     """
 
-    def __init__(self, d: int, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.s4_blocks = nnx.List([S4Block(d, cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    def __init__(self, d: int, cfg: ml_collections.ConfigDict, *, d_label: int = 0, rngs: nnx.Rngs):
+        self.s4_blocks = nnx.List([S4Block(d, cfg, d_label=d_label, rngs=rngs) for _ in range(cfg.n_layers)])
         self.ff_blocks = nnx.List(
             [FFBlock(d, cfg.ff, cfg.dropout, rngs=rngs) for _ in range(cfg.n_layers)] if cfg.ff > 0 else []
         )
@@ -110,20 +113,22 @@ class Tier(nnx.Module):
 
     def __call__(
         self, x: jax.Array, state: tuple[S4State, ...] | None = None, ops: tuple[Segment, ...] | None = None,
-        record: list | None = None,
+        record: list | None = None, cond: tuple[jax.Array, ...] | None = None,
     ) -> tuple[jax.Array, tuple[S4State, ...] | None]:
         """Parallel (``state`` None): (B, L, H) -> ((B, L, H), None); ``record`` collects every S4 layer's input.
-        Recurrent: x (B, H), a state and a :class:`Segment` per S4 block -> ((B, H), the states after the step)."""
+        Recurrent: x (B, H), a state and a :class:`Segment` per S4 block -> ((B, H), the states after the step).
+        ``cond``: a conditional model's bias (B, H) per S4 block (:meth:`SaShiMi.condition`), else None."""
+        bias = cond or (None,) * len(self.s4_blocks)
         if state is None:
             pair = remat_pair if self.remat and record is None else block_pair
             for i, blk in enumerate(self.s4_blocks):
                 if record is not None:
-                    record.append(blk.norm(x))
-                x = pair(blk, self.ff_blocks[i] if self.ff_blocks else None, x)
+                    record.append(blk.norm(x) if bias[i] is None else blk.norm(x) + bias[i][:, None])
+                x = pair(blk, self.ff_blocks[i] if self.ff_blocks else None, x, bias=bias[i])
             return x, None
         new = []
         for i, blk in enumerate(self.s4_blocks):
-            x, s = blk(x, state[i], ops[i])
+            x, s = blk(x, state[i], ops[i], bias[i])
             new.append(s)
             if self.ff_blocks:
                 x = self.ff_blocks[i](x)
@@ -140,12 +145,15 @@ class SaShiMiState(NamedTuple):
       up: per pooling level i, float32 (p_i, B, H_i): the UpPool outputs for tier i's current group of p_i
         steps (zeros at the start: the causal shift).
       ssm: per tier (0 = top ... depth = centre), a tuple of :class:`S4State` per S4 block.
+      cond: what every stream is conditioned on, fixed for its whole length: per tier, float32 (1, B, H_i) per
+        S4 block, its bias (:meth:`SaShiMi.condition`); () for an unconditional model.
     """
 
     t: jax.Array
     down: tuple[jax.Array, ...]
     up: tuple[jax.Array, ...]
     ssm: tuple[tuple[S4State, ...], ...]
+    cond: tuple[tuple[jax.Array, ...], ...] = ()
 
 
 class _Record(NamedTuple):
@@ -162,6 +170,11 @@ class SaShiMi(nnx.Module):
     ``model(tokens)``: int32 (B, L) -> float32 logits (B, L, n_classes); logits[:, t] predict sample t + 1
     from inputs <= t (feed targets shifted right by one, 128 first). L must be a multiple of prod(pool)
     (``model.strides[-1]``, the centre's stride).
+
+    With ``cfg.label_sizes`` (one vocabulary size per label field) the model is conditional:
+    ``model(tokens, labels)``, labels int32 (B, n_fields), and every S4 block adds a bias made from the labels'
+    embedding to its S4 layer's input (:class:`LabelEmbed`, :meth:`S4Block.bias`); labels None means the null
+    label of every field. Without label fields the model is the reference, parameter for parameter.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -169,13 +182,16 @@ class SaShiMi(nnx.Module):
         self.pools: tuple[int, ...] = tuple(int(p) for p in cfg.pool)
         widths = [cfg.d_model * cfg.expand**i for i in range(len(self.pools) + 1)]
         self.widths = tuple(widths)
+        sizes = tuple(int(n) for n in cfg.get("label_sizes", ()))
+        d_label = cfg.d_model if sizes else 0
         self.embed = nnx.Embed(cfg.n_classes, cfg.d_model, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)  # torch N(0, 1)
         self.down = nnx.List([DownPool(widths[i], cfg.expand, p, rngs=rngs) for i, p in enumerate(self.pools)])
-        self.center = Tier(widths[-1], cfg, rngs=rngs)
+        self.center = Tier(widths[-1], cfg, d_label=d_label, rngs=rngs)
         self.up = nnx.List([UpPool(widths[i + 1], cfg.expand, p, rngs=rngs) for i, p in enumerate(self.pools)])
-        self.tiers = nnx.List([Tier(widths[i], cfg, rngs=rngs) for i in range(len(self.pools))])
+        self.tiers = nnx.List([Tier(widths[i], cfg, d_label=d_label, rngs=rngs) for i in range(len(self.pools))])
         self.norm = nnx.LayerNorm(cfg.d_model, epsilon=LN_EPS, rngs=rngs)
         self.head = torch_linear(cfg.d_model, cfg.n_classes, rngs=rngs)
+        self.label_embed = LabelEmbed(sizes, d_label, rngs=rngs) if sizes else None
 
         strides = [1]
         for p in self.pools:
@@ -186,18 +202,37 @@ class SaShiMi(nnx.Module):
         """The tiers top first: tier 0 (full rate) ... tier depth = the centre."""
         return [*self.tiers, self.center]
 
+    @property
+    def label_sizes(self) -> tuple[int, ...]:
+        """Values per label field (() for an unconditional model); field f's null label is id label_sizes[f]."""
+        return () if self.label_embed is None else self.label_embed.sizes
+
+    def condition(self, labels: jax.Array | None, batch: int) -> tuple[tuple[jax.Array, ...], ...] | None:
+        """Every S4 block's bias for these labels: per tier, float32 (B, H_i) per S4 block; None when unconditional.
+
+        ``labels``: int32 (B, n_fields), or None for the null label of every field.
+        """
+        if self.label_embed is None:
+            if labels is not None and labels.shape[-1]:
+                raise ValueError("labels given to a model trained without labels; leave them out.")
+            return None
+        cond = self.label_embed(self.label_embed.null(batch) if labels is None else labels)
+        return tuple(tuple(blk.bias(cond) for blk in tier.s4_blocks) for tier in self.all_tiers())
+
     # ------------------------------------------------------------------ parallel (convolution) mode
 
-    def features(self, tokens: jax.Array, rec: _Record | None = None) -> jax.Array:
+    def features(self, tokens: jax.Array, rec: _Record | None = None, labels: jax.Array | None = None) -> jax.Array:
         """int32 (B, L) -> float32 (B, L, H): the top tier's output, before the read-out.
 
-        ``rec`` (used by :meth:`prefill`) collects the intermediate sequences the recurrent state is made of.
+        ``rec`` (used by :meth:`prefill`) collects the intermediate sequences the recurrent state is made of;
+        ``labels`` int32 (B, n_fields) of a conditional model (None: the null labels).
         """
         if tokens.shape[1] % self.strides[-1]:
             raise ValueError(
                 f"sequence length {tokens.shape[1]} is not a multiple of the total pooling factor {self.strides[-1]}; "
                 f"pad or cut it to a multiple of {self.strides[-1]}."
             )
+        cond = self.condition(labels, tokens.shape[0]) or (None,) * len(self.strides)
         x = self.embed(tokens)
         skips = [x]
         for i, pool in enumerate(self.down):
@@ -206,27 +241,31 @@ class SaShiMi(nnx.Module):
             x = pool(x)
             skips.append(x)
         depth = len(self.pools)
-        x = self.center(x, record=None if rec is None else rec.s4_in[depth])[0] + skips.pop()
+        x = self.center(x, record=None if rec is None else rec.s4_in[depth], cond=cond[depth])[0] + skips.pop()
         for i in reversed(range(depth)):
             if rec is not None:
                 rec.lower_out[i] = x
             x = self.up[i](x) + skips.pop()
-            x = self.tiers[i](x, record=None if rec is None else rec.s4_in[i])[0] + x
+            x = self.tiers[i](x, record=None if rec is None else rec.s4_in[i], cond=cond[i])[0] + x
         return x
 
     def readout(self, y: jax.Array) -> jax.Array:
         """Top-tier output (..., H) -> logits (..., n_classes): LayerNorm, then the linear head."""
         return self.head(self.norm(y))
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        """Parallel mode: int32 (B, L) -> float32 logits (B, L, n_classes)."""
-        return self.readout(self.features(tokens))
+    def __call__(self, tokens: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """Parallel mode: int32 (B, L) (and labels int32 (B, n_fields)) -> float32 logits (B, L, n_classes)."""
+        return self.readout(self.features(tokens, labels=labels))
 
     # ------------------------------------------------------------------ recurrent mode
 
-    def zero_state(self, batch_size: int, steps: tuple[int, ...] | None = None) -> SaShiMiState:
-        """The state before any input, for S4 segments of ``steps[i]`` steps in tier i (default 1 each)."""
+    def zero_state(
+        self, batch_size: int, steps: tuple[int, ...] | None = None, labels: jax.Array | None = None
+    ) -> SaShiMiState:
+        """The state before any input, for S4 segments of ``steps[i]`` steps in tier i (default 1 each), of
+        streams with these ``labels`` (int32 (B, n_fields); None: the null labels; a conditional model's only)."""
         w, steps = self.widths, steps or (1,) * len(self.strides)
+        cond = self.condition(labels, batch_size)
         return SaShiMiState(
             t=jnp.zeros((), jnp.int32),
             down=tuple(jnp.zeros((p, batch_size, w[i]), jnp.float32) for i, p in enumerate(self.pools)),
@@ -235,6 +274,7 @@ class SaShiMi(nnx.Module):
                 tuple(blk.s4.zero_state(batch_size, steps[i]) for blk in tier.s4_blocks)
                 for i, tier in enumerate(self.all_tiers())
             ),
+            cond=() if cond is None else tuple(tuple(b[None] for b in tier) for tier in cond),
         )
 
     def segments(self, steps: tuple[int, ...]) -> tuple[tuple[Segment, ...], ...]:
@@ -259,7 +299,8 @@ class SaShiMi(nnx.Module):
             phase = pos % self.pools[i]
             down[i] = jax.lax.dynamic_update_index_in_dim(down[i], x, phase, axis=0)
             x = jax.lax.dynamic_index_in_dim(state.up[i], phase, axis=0, keepdims=False) + x
-        y, ssm[i] = self.all_tiers()[i](x, state.ssm[i], ops)
+        cond = tuple(b[0] for b in state.cond[i]) if state.cond else None
+        y, ssm[i] = self.all_tiers()[i](x, state.ssm[i], ops, cond=cond)
         return y + x, state._replace(down=tuple(down), ssm=tuple(ssm))
 
     def descend(self, i: int, state: SaShiMiState) -> jax.Array:
@@ -272,7 +313,9 @@ class SaShiMi(nnx.Module):
         up[i] = self.up[i].step(y)
         return state._replace(up=tuple(up))
 
-    def prefill(self, tokens: jax.Array, steps: tuple[int, ...] | None = None) -> tuple[jax.Array, SaShiMiState]:
+    def prefill(
+        self, tokens: jax.Array, steps: tuple[int, ...] | None = None, labels: jax.Array | None = None
+    ) -> tuple[jax.Array, SaShiMiState]:
         """Consume a whole prompt in parallel (convolution) mode and return what stepping it would.
 
         The prompt is padded to a multiple of the centre's stride (causality makes the padding invisible), one
@@ -283,6 +326,7 @@ class SaShiMi(nnx.Module):
         Args:
           tokens: int32 (B, T), T >= 1 (a Python-static length).
           steps: S4 segment steps per tier of the returned state (see :meth:`zero_state`).
+          labels: a conditional model's labels, int32 (B, n_fields) (None: the null labels).
         Returns:
           logits float32 (B, n_classes) for the sample after the prompt, and the state after it (S4 states at
           a segment start).
@@ -291,8 +335,8 @@ class SaShiMi(nnx.Module):
         padded = jnp.pad(tokens, ((0, 0), (0, (-length) % self.strides[-1])), constant_values=128)
         depth = len(self.pools)
         rec = _Record(tier_in=[], lower_out=[None] * depth, s4_in=[[] for _ in range(depth + 1)])
-        logits = self.readout(self.features(padded, rec)[:, length - 1])
-        state = self.zero_state(b, steps)
+        logits = self.readout(self.features(padded, rec, labels)[:, length - 1])
+        state = self.zero_state(b, steps, labels)
         down, up = list(state.down), list(state.up)
         for i, p in enumerate(self.pools):
             done = length // self.strides[i]  # samples tier i has consumed
@@ -309,7 +353,7 @@ class SaShiMi(nnx.Module):
             )
             for k, tier in enumerate(self.all_tiers())
         )
-        return logits, SaShiMiState(t=jnp.asarray(length, jnp.int32), down=tuple(down), up=tuple(up), ssm=ssm)
+        return logits, state._replace(t=jnp.asarray(length, jnp.int32), down=tuple(down), up=tuple(up), ssm=ssm)
 
 
 def count_params(model: nnx.Module) -> int:

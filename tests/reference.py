@@ -106,18 +106,20 @@ def discs(model, dense: bool = True) -> tuple:
     return tuple(tuple(one(blk) for blk in t.s4_blocks) for t in tiers(model))
 
 
-def step(model, tokens: jax.Array, state: RefState, discs_: tuple, dense: bool = True):
-    """Consume one sample per stream (int32 (B,)); return the logits for the next one (B, C) and the state."""
+def step(model, tokens: jax.Array, state: RefState, discs_: tuple, dense: bool = True, cond=None):
+    """Consume one sample per stream (int32 (B,)); return the logits for the next one (B, C) and the state.
+    ``cond``: a conditional model's biases, ``model.condition(labels, B)``."""
     down, up, ssm_ = list(state.down), list(state.up), list(state.ssm)
-    x = _tier_step(model, 0, model.embed(tokens), state.t, down, up, ssm_, discs_, dense)
+    x = _tier_step(model, 0, model.embed(tokens), state.t, down, up, ssm_, discs_, dense, cond)
     return model.readout(x), RefState(state.t + 1, tuple(down), tuple(up), tuple(ssm_))
 
 
-def _tier(model, i, x, states, discs_, dense):
+def _tier(model, i, x, states, discs_, dense, cond):
     """Tier i's (S4, FF) pairs on one sample x (B, H)."""
     tier, new = tiers(model)[i], []
     for l, blk in enumerate(tier.s4_blocks):
-        y, s = (step_dense if dense else step_linear)(discs_[l], states[l], blk.norm(x))
+        z = blk.norm(x) if cond is None else blk.norm(x) + cond[i][l]
+        y, s = (step_dense if dense else step_linear)(discs_[l], states[l], z)
         x = x + blk.mix(y)
         new.append(s)
         if tier.ff_blocks:
@@ -125,10 +127,10 @@ def _tier(model, i, x, states, discs_, dense):
     return x, tuple(new)
 
 
-def _tier_step(model, i, x, t, down, up, ssm_, discs_, dense):
+def _tier_step(model, i, x, t, down, up, ssm_, discs_, dense, cond):
     """Run tier i on its current sample x (B, H_i); the lists down/up/ssm_ are updated in place."""
     if i == len(model.pools):
-        y, ssm_[i] = _tier(model, i, x, ssm_[i], discs_[i], dense)
+        y, ssm_[i] = _tier(model, i, x, ssm_[i], discs_[i], dense, cond)
         return y + x
     p = model.pools[i]
     stride = int(np.prod(model.pools[:i], dtype=int))
@@ -138,7 +140,7 @@ def _tier_step(model, i, x, t, down, up, ssm_, discs_, dense):
     def run_lower(carry):
         d, u, s = (list(c) for c in carry)
         lower_in = model.down[i].linear(model.down[i].group(d[i]))
-        lower = _tier_step(model, i + 1, lower_in, t, d, u, s, discs_, dense)
+        lower = _tier_step(model, i + 1, lower_in, t, d, u, s, discs_, dense, cond)
         return tuple(d), tuple(u), tuple(s), model.up[i].spread(model.up[i].linear(lower))
 
     def skip_lower(carry):
@@ -149,15 +151,17 @@ def _tier_step(model, i, x, t, down, up, ssm_, discs_, dense):
     down[:], up[:], ssm_[:] = d, u, s
     up[i] = refill
     x = jax.lax.dynamic_index_in_dim(pending, phase, axis=1, keepdims=False) + x
-    y, ssm_[i] = _tier(model, i, x, ssm_[i], discs_[i], dense)
+    y, ssm_[i] = _tier(model, i, x, ssm_[i], discs_[i], dense, cond)
     return y + x
 
 
-def run(model, tokens: jax.Array, dense: bool = True):
-    """:func:`step` over whole sequences inside one ``lax.scan``: int32 (B, L) -> logits (L, B, C), the state."""
+def run(model, tokens: jax.Array, dense: bool = True, labels=None):
+    """:func:`step` over whole sequences inside one ``lax.scan``: int32 (B, L) -> logits (L, B, C), the state
+    (``labels`` int32 (B, n_fields) of a conditional model)."""
+    cond = model.condition(labels, tokens.shape[0])
 
     def body(s, tk):
-        lg, s = step(model, tk, s, d, dense)
+        lg, s = step(model, tk, s, d, dense, cond)
         return s, lg
 
     d = discs(model, dense)

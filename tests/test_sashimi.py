@@ -168,6 +168,71 @@ def test_remat_gives_the_same_loss_and_gradients():
     assert max(diffs) < 1e-5 and len(diffs) > 20
 
 
+def labelled_model(remat: bool = False, sizes: str = "(2, 3)"):
+    """A small conditional model: two label fields of 2 and 3 values."""
+    overrides = [f"model.label_sizes={sizes}", f"model.remat={remat}", "model.d_model=8", "model.d_state=8"]
+    return sj.SaShiMi(sj.load_config(config_path("demo"), overrides).model, rngs=nnx.Rngs(7))
+
+
+LABELS = jnp.array([[0, 2], [1, 0], [2, 3]], jnp.int32)  # last row: the null label of both fields
+
+
+def test_labels_reach_every_tier_and_recurrent_mode_matches_parallel():
+    model = labelled_model()
+    assert model.label_sizes == (2, 3) and model.label_embed.null(1).tolist() == [[2, 3]]
+    tokens = jax.random.randint(jax.random.key(5), (3, 512), 0, 256)
+    parallel = nnx.jit(lambda m, t, lab: m(t, lab))(model, tokens, LABELS)
+    graphdef, params = nnx.split(model)
+    run = jax.jit(lambda p, t, lab: reference.run(nnx.merge(graphdef, p), t, True, lab)[0])
+    recurrent = jnp.swapaxes(run(params, tokens, LABELS), 0, 1)
+    assert float(jnp.abs(parallel - recurrent).max()) <= 1e-4
+    null = nnx.jit(lambda m, t: m(t))(model, tokens)  # no labels = the null label of every field
+    assert float(jnp.abs(null[2] - parallel[2]).max()) < 1e-5
+    assert float(jnp.abs(null[0] - parallel[0]).max()) > 1e-2  # the labels change the prediction
+    for tier in model.all_tiers():  # every S4 block of every tier has its own label input
+        assert all(blk.label is not None for blk in tier.s4_blocks)
+
+
+def test_labelled_prefill_equals_stepping():
+    model = labelled_model()
+    tokens = jax.random.randint(jax.random.key(6), (3, 37), 0, 256)
+    lp, sp = nnx.jit(lambda m, t, lab: m.prefill(t, labels=lab))(model, tokens, LABELS)
+    graphdef, params = nnx.split(model)
+    lg, state = jax.jit(lambda p, t, lab: reference.run(nnx.merge(graphdef, p), t, True, lab))(params, tokens, LABELS)
+    assert float(jnp.abs(lp - lg[-1]).max()) < 1e-4
+    reference.assert_same_state(sp, state, atol=1e-4)
+    assert [c.shape for c in sp.cond[0]] == [(1, 3, 8)]  # the state says what each stream is conditioned on
+
+
+def test_unconditional_model_has_no_label_parameters_and_refuses_labels():
+    plain = sj.SaShiMi(sj.load_config(config_path("demo")).model, rngs=nnx.Rngs(0))
+    assert plain.label_embed is None and plain.zero_state(2).cond == ()
+    with pytest.raises(ValueError, match="trained without labels"):
+        plain(jnp.zeros((1, 16), jnp.int32), jnp.zeros((1, 1), jnp.int32))
+    model = labelled_model()
+    extra = sj.count_params(model) - sj.count_params(labelled_model(sizes="()"))
+    # (2 + 1 + 3 + 1) embeddings of 8, and a Linear(8, H) per S4 block (H = 8, 16, 32 for the tiers)
+    widths = [model.widths[i] for i, tier in enumerate(model.all_tiers()) for _ in tier.s4_blocks]
+    assert sorted(set(widths)) == [8, 16, 32] and extra == 7 * 8 + sum(8 * h + h for h in widths)
+
+
+def test_remat_carries_the_label_gradient():
+    grads = []
+    tokens = jax.random.randint(jax.random.key(3), (3, 64), 0, 256)
+    for remat in (False, True):
+        graphdef, params, rest = nnx.split(labelled_model(remat), nnx.Param, ...)
+
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(tokens, LABELS)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], axis=-1))
+
+        grads.append(jax.jit(jax.grad(loss))(params))
+    label_grads = [nnx.to_pure_dict(g)["label_embed"] for g in grads]
+    assert float(jnp.abs(label_grads[0]["fields"][1]["embedding"]).max()) > 0
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), *grads))
+    assert max(diffs) < 1e-5
+
+
 def test_remat_with_dropout_is_refused():
     with pytest.raises(sj.ConfigError, match="model.remat needs model.dropout = 0"):
         sj.load_config(config_path("demo"), ["model.remat=True", "model.dropout=0.1"])
