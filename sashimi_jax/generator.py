@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sashimi_jax import frames, pipeline
+from sashimi_jax import frames, guidance, pipeline
 from sashimi_jax.mulaw import MU_LAW_ZERO
 from sashimi_jax.sampling import Sampling, check_sampling, sample_logits, uniforms
 from sashimi_jax.sashimi import SaShiMi, SaShiMiState
@@ -67,11 +67,14 @@ class GenCarry(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
-def _prefill(graphdef, params, tokens, steps):
-    return nnx.merge(graphdef, params).prefill(tokens, steps)[1]
+def _prefill(graphdef, params, tokens, steps, labels):
+    return nnx.merge(graphdef, params).prefill(tokens, steps, labels)[1]
 
 
-def start(model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | None = None) -> GenCarry:
+def start(
+    model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | None = None, labels=None, guided: bool = False,
+    shards: int = 1,
+) -> GenCarry:
     """The carry before generating: after the prompt (computed in parallel mode), or at the start.
 
     Args:
@@ -80,6 +83,9 @@ def start(model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | Non
       prompt: None (start from the mu-law zero, as the reference), or int tokens (T,) shared by all
         streams (consumed once, at batch 1) or (B, T), T >= 1: samples 0..T-1 of every stream.
       plan: the frames of the generator that will continue (default ``frames.plan(model)``).
+      labels: a conditional model's labels, int (B, n_fields) (None: the null labels).
+      guided: each stream also runs with the null labels (classifier-free guidance): the state has 2B rows,
+        laid out for ``shards`` devices by :func:`sashimi_jax.guidance.rows`.
     Returns:
       :class:`GenCarry`; inputs 0..t0-1 (t0 = T rounded down to a frame) are consumed by
       :meth:`SaShiMi.prefill`, the rest (<= F) are kept as known inputs of the next frame.
@@ -94,13 +100,23 @@ def start(model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | Non
         raise ValueError(f"prompt of shape {prompt.shape} must be (T,) or ({b}, T) tokens.")
     inputs = np.concatenate([np.full((prompt.shape[0], 1), MU_LAW_ZERO, np.int32), prompt], axis=1)  # 0..T
     t0 = (inputs.shape[1] - 1) // f * f
-    if t0 > 0:  # a shared prompt is consumed once and its state copied to every stream
+    rows, row_labels = np.arange(b), None  # the stream of each row of the state, and the rows' labels
+    if labels is not None or guided:
+        null = np.asarray(model.label_sizes, np.int32)
+        row_labels = np.broadcast_to(null, (b, null.size)) if labels is None else np.asarray(labels, np.int32)
+        if guided:
+            rows, row_labels = guidance.rows(b, shards)[0], guidance.row_labels(row_labels, null, shards)
+        row_labels = jnp.asarray(row_labels)
+    if t0 > 0:
         graphdef, params = nnx.split(model)
-        state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), plan.steps)
-        if shared:
+        if shared and row_labels is None:  # a shared prompt is consumed once and its state copied to every stream
+            state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), plan.steps, None)
             state = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, b, axis=1), state)
+        else:
+            first = np.broadcast_to(inputs[:, :t0], (b, t0))[rows]
+            state = _prefill(graphdef, params, jnp.asarray(first), plan.steps, row_labels)
     else:
-        state = model.zero_state(b, plan.steps)
+        state = model.zero_state(len(rows), plan.steps, row_labels)
     inputs = np.broadcast_to(inputs, (b, inputs.shape[1]))
     n_known = inputs.shape[1] - t0
     known = np.zeros((b, f), np.int32)
@@ -125,7 +141,8 @@ def run_frames(
 
     Args:
       graphdef, params: ``nnx.split(model)``. ops: ``model.segments(plan.steps)``.
-      state: SaShiMiState at t0 (a multiple of F). known: int32 (B, F) inputs from t0; n_known: int32 ()
+      state: SaShiMiState at t0 (a multiple of F); 2B rows with guidance (:mod:`sashimi_jax.guidance`).
+        known: int32 (B, F) inputs from t0; n_known: int32 ()
         how many are known (outputs of the first frame that are known inputs are forced, not sampled).
       n_frames: int32 (). key: the PRNG key of the seed.
       sampling: :class:`Sampling`. max_frames: size of the output buffer (static). plan: :func:`frames.plan`.
@@ -141,7 +158,8 @@ def run_frames(
     model = nnx.merge(graphdef, params)
     model.eval()
     f, b = plan.samples, known.shape[0]
-    temp, top_p, top_k = sampling
+    temp, top_p, top_k, w = sampling
+    pair = guidance.both if sampling.guided else (lambda token: token)  # noqa: E731  a token for every row
     if temp > 0:
         u_all = uniforms(key, state.t, max_frames * f, b * shards)
         if shards > 1:
@@ -154,9 +172,9 @@ def run_frames(
 
         def choose(j, logits):  # j: the sample's index in the frame (traced)
             uj = None if u is None else jax.lax.dynamic_index_in_dim(u, j, keepdims=False)
-            drawn = sample_logits(logits, uj, temp, top_p, top_k)
+            drawn = sample_logits(guidance.guide(logits, w) if sampling.guided else logits, uj, temp, top_p, top_k)
             forced = jax.lax.dynamic_index_in_dim(known, jnp.minimum(j + 1, f - 1), axis=1, keepdims=False)
-            return jnp.where((i == 0) & (j + 1 < n_known), forced, drawn)
+            return pair(jnp.where((i == 0) & (j + 1 < n_known), forced, drawn))
 
         if axis is None:
             got, state = frames.frame(model, ops, plan, state, token, choose)
@@ -164,11 +182,12 @@ def run_frames(
         else:
             got, state, pipe = pipeline.frame(model, ops, plan, state, token, choose, carry[3], axis)
             rest = (pipe,)
-        out = tuple(jax.lax.dynamic_update_index_in_dim(o, g, i, axis=0) for o, g in zip(out, got[:2]))
+        got_b = (got.tokens[:, :b], got.nll[:, :b])  # a guided batch: the streams' conditional rows
+        out = tuple(jax.lax.dynamic_update_index_in_dim(o, g, i, axis=0) for o, g in zip(out, got_b))
         return (state, got.tokens[-1], out, *rest)
 
     out = (jnp.zeros((max_frames, f, b), jnp.int32), jnp.zeros((max_frames, f, b), jnp.float32))
-    carry = (state, known[:, 0], out)
+    carry = (state, pair(known[:, 0]), out)
     if axis is not None:
         state, pipe = pipeline.start(ops, state)
         carry = (state, carry[1], carry[2], pipe)
@@ -243,9 +262,17 @@ class Generator:
         """Samples per frame."""
         return self.plan.samples
 
-    def start(self, num_samples: int, prompt=None) -> GenCarry:
-        """The carry before generating ``num_samples`` streams, after ``prompt`` (see :func:`start`)."""
-        return start(self.model, num_samples, prompt, self.plan)
+    def start(self, num_samples: int, prompt=None, labels=None) -> GenCarry:
+        """The carry before generating ``num_samples`` streams, after ``prompt``, with ``labels`` (see :func:`start`)."""
+        n = self.split(num_samples)
+        shards = 1 if n == "pipeline" else n
+        return start(self.model, num_samples, prompt, self.plan, labels, self.sampling.guided, shards)
+
+    def split(self, batch: int) -> int | str:
+        """How a batch of ``batch`` streams runs: on the largest number of :attr:`devices` that divides it, or
+        "pipeline" (two devices, see :attr:`pipeline`) where that number is 1."""
+        n = max(d for d in range(1, len(self.devices) + 1) if batch % d == 0)
+        return "pipeline" if n == 1 and len(self.devices) > 1 and self.pipeline else n
 
     def program(self, batch: int):
         """What runs a batch of ``batch`` streams: ``(fn, constants, place)``.
@@ -254,9 +281,7 @@ class Generator:
         the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``,
         or pipelined over two of them when that number is 1 (see :attr:`pipeline`).
         """
-        n = max(d for d in range(1, len(self.devices) + 1) if batch % d == 0)
-        if n == 1 and len(self.devices) > 1 and self.pipeline:
-            n = "pipeline"
+        n = self.split(batch)
         if n not in self._programs:
             static = dict(sampling=self.sampling, max_frames=self.max_frames, plan=self.plan)
             if n == "pipeline":
@@ -371,6 +396,8 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
     samples_per_call: int = 16000,
+    labels=None,
+    guidance: float = 1.0,
 ) -> tuple[np.ndarray, GenCarry]:
     """Generate ``steps`` samples for each of ``num_samples`` streams.
 
@@ -382,11 +409,13 @@ def generate(
       carry: continue from this :class:`GenCarry` (as returned by a previous call).
       temperature, top_p, top_k: see :class:`Sampling`. seed: the positional RNG seed.
       samples_per_call: samples per compiled call (memory and progress granularity; results do not depend on it).
+      labels: a conditional model's labels per stream, int (B, n_fields); guidance: the classifier-free
+        guidance weight (:mod:`sashimi_jax.guidance`).
     Returns:
       int32 (B, steps) new samples (the prompt is not repeated) and the carry after them.
     """
-    gen = Generator(model, check_sampling(temperature, top_p, top_k), samples_per_call)
-    carry = gen.start(num_samples, prompt) if carry is None else carry
+    gen = Generator(model, check_sampling(temperature, top_p, top_k, guidance), samples_per_call)
+    carry = gen.start(num_samples, prompt, labels) if carry is None else carry
     calls, end = [np.zeros((num_samples, 0), np.int32)], carry
     for toks, end in gen.stream(carry, steps, seed):
         calls.append(toks)

@@ -33,15 +33,23 @@ class SamplingError(ValueError):
 class Sampling(NamedTuple):
     """How the next sample is drawn from the logits (hashable: a static argument of the compiled loop).
 
-    temperature: >= 0 (0 = greedy). top_p: in (0, 1] (1 = off). top_k: >= 0 (0 = off).
+    temperature: >= 0 (0 = greedy). top_p: in (0, 1] (1 = off). top_k: >= 0 (0 = off). guidance: the
+    classifier-free guidance weight w >= 0 of a conditional model (1 = the conditional model alone, see
+    :mod:`sashimi_jax.guidance`), applied before the others.
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    guidance: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        """Whether each stream also runs unconditionally (a guidance weight other than 1)."""
+        return self.guidance != 1.0
 
 
-def check_sampling(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> Sampling:
+def check_sampling(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, guidance: float = 1.0) -> Sampling:
     """Validate and normalise sampling settings. Raises :class:`SamplingError` with one sentence."""
     temperature, top_p = float(temperature), float(top_p)
     if not math.isfinite(temperature) or temperature < 0:
@@ -50,7 +58,10 @@ def check_sampling(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0)
         raise SamplingError(f"top_p {top_p} must be in (0, 1] (1 = no nucleus filtering).")
     if int(top_k) != top_k or top_k < 0:
         raise SamplingError(f"top_k {top_k} must be a whole number >= 0 (0 = no top-k filtering).")
-    return Sampling(temperature, top_p, int(top_k))
+    guidance = float(guidance)
+    if not math.isfinite(guidance) or guidance < 0:
+        raise SamplingError(f"guidance {guidance} must be >= 0 (1 = the conditional model alone, 2 = follow the labels more).")
+    return Sampling(temperature, top_p, int(top_k), guidance)
 
 
 # ------------------------------------------------------------------------------------ sampling

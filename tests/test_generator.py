@@ -114,3 +114,35 @@ def test_set_model_swaps_the_parameters_without_compiling_again(model):
     assert (mine != ref).mean() > 0.5 and gen.program(2)[0]._cache_size() == 1
     with pytest.raises(ValueError, match="structure"):
         gen.set_model(SaShiMi(load_config(DEMO, [*TINY, "model.d_model=8"]).model, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("w, batch", [(2.0, 3), (2.0, 2), (1.0, 3)])
+def test_guided_sampling_follows_the_one_sample_step(w, batch):
+    """Classifier-free guidance: sample t of each stream is drawn from uncond + w (cond - uncond), both rows
+    stepped by the one-sample reference step with the stream's labels and with the null labels, fed the same
+    drawn tokens; w = 1 runs the conditional rows alone. The NLL kept is the conditional model's. (Two devices
+    generate what one does, split or pipelined: test_pipeline.py.)"""
+    cfg = load_config(DEMO, [*TINY, "model.label_sizes=(2, 3)"]).model
+    model = SaShiMi(cfg, rngs=nnx.Rngs(4))
+    model.head.kernel[...] = model.head.kernel[...] * 4.0
+    labels = np.array([[0, 2], [1, 0], [1, 3]])[:batch]
+    n, kw = 300, {"temperature": 0.8, "top_p": 0.95}
+    tokens, carry = generator.generate(model, batch, steps=n, seed=7, samples_per_call=256, labels=labels, guidance=w, **kw)
+    assert carry.state.down[0].shape[1] == (batch if w == 1 else 2 * batch)
+    discs = reference.discs(model)
+    null = np.broadcast_to(model.label_sizes, labels.shape)
+    conds = [model.condition(jnp.asarray(lab), batch) for lab in (labels, null)]
+    step = jax.jit(lambda tk, s, c: reference.step(model, tk, s, discs, True, c))
+    draw = jax.jit(lambda lg, u: sampling.sample_logits(lg, u, **kw))
+    states = [reference.zero_state(model, batch)] * 2
+    tok, ref, nll = jnp.full((batch,), mulaw.MU_LAW_ZERO, jnp.int32), [], 0.0
+    for t in range(n):
+        (c, states[0]), (u, states[1]) = (step(tok, s, cond) for s, cond in zip(states, conds))
+        tok = draw(u + w * (c - u), sampling.uniforms(jax.random.key(7), t, 1, batch)[0])
+        nll = nll + jax.nn.logsumexp(c, axis=-1) - jnp.take_along_axis(c, tok[:, None], axis=-1)[:, 0]
+        ref.append(np.asarray(tok))
+    ref = np.stack(ref, axis=1)
+    assert (tokens == ref).mean() > 0.99, (tokens != ref).sum()  # float rounding may flip a rare draw
+    np.testing.assert_array_equal(tokens[:, :100], ref[:, :100])
+    if (tokens == ref).all():
+        np.testing.assert_allclose(carry.bits_per_sample(), np.asarray(nll) / n / np.log(2), rtol=1e-4)

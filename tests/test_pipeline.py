@@ -43,6 +43,15 @@ for temp, batch, reps in cases:
             "devices": len(placed.devices()),
             "programs": [str(k) for k in gen._programs],
         }
+labelled = SaShiMi(load_config(sys.argv[1], [*sys.argv[2:], "model.label_sizes=(2,)"]).model, rngs=nnx.Rngs(2))
+for batch in (2, 3):  # classifier-free guidance: split over the devices, pipelined
+    for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
+        gen = generator.Generator(labelled, sampling.check_sampling(0.9, 0.9, 0, 2.0), samples_per_call=1024,
+                                  devices=devices)
+        carry = gen.start(batch, prompt, labels=np.arange(batch)[:, None] % 2)
+        chunks = [toks for toks, carry in gen.stream(carry, 600, seed=3)]
+        results[f"guided_{name}_{batch}"] = {"tokens": np.concatenate(chunks, axis=1).tolist(),
+                                             "programs": [str(k) for k in gen._programs]}
 print(json.dumps(results))
 """
 
@@ -82,3 +91,7 @@ def test_splitting_the_batch_over_devices_changes_nothing():
         assert len(set(sampled_two[:, :256].ravel().tolist())) > 20  # really sampled
         greedy = np.asarray(res[f"two_0.0_{batch}_{reps}"]["tokens"])
         assert (sampled_two[:, :256] != greedy[:, :256]).mean() > 0.5  # not the greedy path
+    for batch, program in ((2, "2"), (3, "pipeline")):  # guidance: each device its streams' two rows
+        one, two = res[f"guided_one_{batch}"], res[f"guided_two_{batch}"]
+        assert one["programs"] == ["1"] and two["programs"] == [program]
+        np.testing.assert_array_equal(np.asarray(one["tokens"])[:, :256], np.asarray(two["tokens"])[:, :256])
