@@ -112,7 +112,7 @@ def time_training(cfg, prepared, streamed, steps: int) -> dict:
     mesh = parallel.make_mesh()
     t = cfg.train
     parts, params = train_step.build_model(cfg)
-    tx = optim.make_optimizer(t, parts.labels)
+    tx = optim.make_optimizer(t, parts.groups)
     state = train_step.replicate(train_step.init_state(cfg, params, tx), mesh)
     step_fn = train_step.make_train_step(parts, tx, cfg, mesh)
     batch, length = int(t.batch_size), int(cfg.data.sample_len)

@@ -51,7 +51,7 @@ class Trainer:
         self.cfg, self.mesh = cfg, parallel.make_mesh(jax.devices()[:1])
         self.parts, init = train_step.build_model(cfg)
         params = init if params is None else params
-        tx = optim.make_optimizer(cfg.train, self.parts.labels)
+        tx = optim.make_optimizer(cfg.train, self.parts.groups)
         self.state = train_step.replicate(train_step.init_state(cfg, params, tx), self.mesh)
         self.step_fn = train_step.make_train_step(self.parts, tx, cfg, self.mesh)
         bits = int(cfg.data.bits)

@@ -50,7 +50,7 @@ def run_case(config: str, sample_len: int, batch_size: int, overrides: list[str]
     parallel.check_batch_size(batch_size, mesh)
     t0 = time.perf_counter()
     parts, params = train_step.build_model(cfg)
-    tx = optim.make_optimizer(cfg.train, parts.labels)
+    tx = optim.make_optimizer(cfg.train, parts.groups)
     state = train_step.replicate(train_step.init_state(cfg, params, tx), mesh)
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)

@@ -21,10 +21,17 @@
   --seconds_per_call  seconds generated per compiled call, written to disk after each call
                    (default: the run's sample.samples_per_call, 1 s)
   --which          best | latest checkpoint
+  --label          FIELD=VALUE of a run trained with data.labels, repeatable: several values of a field are
+                   spread over the streams in turn (--label signal=low --label signal=high --num_samples 4:
+                   low, high, low, high); a field not named gets its null label
+  --labels_file    a text file with one FIELD=VALUE[,FIELD=VALUE] line per stream (repeated if fewer)
+  --guidance       classifier-free guidance weight w: draw from uncond + w (cond - uncond) (default 1: the
+                   conditional model alone; 2 follows the labels more closely, at twice the batch)
 
 Writes <out>/sample_NN.wav (16-bit PCM, the run's sample rate, 16 kHz), sample_NN.png (spectrogram) and
 sample_report.json (each sample measured: sashimi_jax/report.py; a line per sample is printed too).
-Exit status: 0 done; 1 a bad workdir / checkpoint / prompt file; 2 a bad flag or flag value.
+Exit status: 0 done; 1 a bad workdir / checkpoint / prompt file; 2 a bad flag or flag value (a label the run
+does not know included: the valid values are named).
 
 Example (after ``python experiments/train.py``): python experiments/generate.py --temp 0.8 --top_p 0.95
 """
@@ -51,6 +58,9 @@ _PROMPT_SECONDS = flags.DEFINE_float("prompt_seconds", None, "Seconds of the pro
 _RANK = flags.DEFINE_string("rank", "none", "none | filter | best (rank by the model's log-likelihood).")
 _PER_CALL = flags.DEFINE_float("seconds_per_call", None, "Seconds generated per compiled call (default 1).")
 _WHICH = flags.DEFINE_string("which", "best", "Checkpoint: best (by validation loss) or latest.")
+_LABEL = flags.DEFINE_multi_string("label", [], "FIELD=VALUE of a run trained with labels (repeatable).")
+_LABELS_FILE = flags.DEFINE_string("labels_file", None, "One FIELD=VALUE[,FIELD=VALUE] line per stream.")
+_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance weight (1 = the conditional model alone).")
 _SPEC = flags.DEFINE_bool("spectrogram", True, "Write a spectrogram PNG per sample.")
 _REPORT = flags.DEFINE_bool("report", True, "Measure every sample (pitch, notes, noise-likeness, bits/sample) into <prefix>_report.json.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -70,7 +80,8 @@ def main(args: scripts.Parsed):
         workdir=_WORKDIR.value, out=_OUT.value, seconds=_SECONDS.value, num_samples=_NUM.value,
         temperature=_TEMP.value, top_p=_TOP_P.value, top_k=_TOP_K.value, seed=_SEED.value, prompt=_PROMPT.value,
         prompt_seconds=_PROMPT_SECONDS.value, rank=_RANK.value, seconds_per_call=_PER_CALL.value, which=_WHICH.value,
-        spectrogram=_SPEC.value, report=_REPORT.value, progress=_PROGRESS.value,
+        spectrogram=_SPEC.value, report=_REPORT.value, progress=_PROGRESS.value, labels=tuple(_LABEL.value),
+        labels_file=_LABELS_FILE.value, guidance=_GUIDANCE.value,
     )
     try:
         genlib.check_request(req)
@@ -79,7 +90,7 @@ def main(args: scripts.Parsed):
     runtime.enable_compile_cache(_CACHE.value)
     try:
         summary = genlib.run(req)
-    except (SamplingError, ConfigError) as err:
+    except (SamplingError, ConfigError, genlib.LabelError) as err:
         scripts.fail(str(err), code=2)
     except (genlib.GenerateError, checkpoint.WorkdirError, audio.AudioError) as err:
         scripts.fail(str(err))

@@ -1,13 +1,14 @@
-"""Training batches from prepared token windows, and the model inputs of a batch of targets.
+"""Training batches from prepared token windows (random, stateless in the step), and evaluation batches (in order).
 
 Batches are deterministic in (seed, epoch) and stateless in the step (:func:`batch_at`), so a run resumed at
-step s sees exactly the data an uninterrupted run would. Inputs are the targets shifted right by one with the
-mu-law zero first (:func:`shift_inputs`).
+step s sees exactly the data an uninterrupted run would. The model's inputs are the targets shifted right by one
+with the mu-law zero first (:func:`sashimi_jax.mulaw.shift_inputs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import numpy as np
 
 from sashimi_jax.sources import DataError
@@ -56,3 +57,30 @@ def batch_at(tokens: np.ndarray, batch_size: int, seed: int, step: int) -> np.nd
     epoch, b = divmod(step, per_epoch)
     order = epoch_order(len(tokens), seed, epoch)
     return np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
+
+
+def pad_rows(rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """(n <= batch_size, ...) -> (batch_size, ...): the missing rows are copies of the first."""
+    return np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)]) if len(rows) < batch_size else rows
+
+
+def eval_batches(
+    tokens: np.ndarray, batch_size: int, max_batches: int = 0, labels: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Yield (targets int32 (batch_size, L), weights float32 (batch_size,), labels int32 (batch_size, n_fields) or
+    None) over a split in order.
+
+    The last batch is padded with copies of its first row at weight 0, so every batch has the same shape.
+    ``max_batches`` > 0 stops after that many batches.
+    """
+    n = len(tokens)
+    count = -(-n // batch_size)
+    if max_batches > 0:
+        count = min(count, max_batches)
+    for b in range(count):
+        part = slice(b * batch_size, (b + 1) * batch_size)
+        rows = np.asarray(tokens[part], dtype=np.int32)
+        weights = np.zeros((batch_size,), np.float32)
+        weights[: len(rows)] = 1.0
+        labs = None if labels is None else pad_rows(np.asarray(labels[part], np.int32), batch_size)
+        yield pad_rows(rows, batch_size), weights, labs

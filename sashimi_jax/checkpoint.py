@@ -106,6 +106,9 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+DERIVED = ("model.label_sizes",)  # set from the data at preparation (its vocabulary is checked then: labels.json)
+
+
 def config_mismatches(saved: dict, cfg: ml_collections.ConfigDict) -> list[str]:
     """Differences that forbid resuming ``saved`` (a config.json) with ``cfg``: any model field, or a
     structural train setting switched on/off (secrets, redacted when saved, never count).
@@ -114,7 +117,8 @@ def config_mismatches(saved: dict, cfg: ml_collections.ConfigDict) -> list[str]:
     out = [
         f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}"
         for k in sorted(set(old) | set(new))
-        if k.startswith("model.") and not is_secret_key(k) and old.get(k) != new.get(k)
+        if (k.startswith("model.") or k == "data.labels") and k not in DERIVED and not is_secret_key(k)
+        and old.get(k) != new.get(k)
     ]
     for k, what in STRUCTURAL.items():
         if k in old and bool(old[k]) != bool(new[k]):

@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.warmup_steps = 0  # linear warmup steps (cosine schedule only)
     t.grad_clip = 0.0  # global-norm gradient clipping (0 = off, the reference default)
     t.ema = 0.0  # EMA decay of parameters for evaluation/generation (0 = off)
+    t.label_dropout = 0.1  # with data.labels: the chance a window's labels are all replaced by the null label
     t.eval_every = 1000  # steps between validation passes
     t.eval_batches = 0  # validation batches per pass (0 = the whole validation split)
     t.log_every = 50  # steps between training-metric log lines

@@ -41,7 +41,7 @@ def write_run(path: str | os.PathLike, workdir: str | os.PathLike, cfg: ml_colle
         raise WorkdirError(f"{workdir} already holds a run; pass a new --workdir (nothing was written).")
     workdir.mkdir(parents=True, exist_ok=True)
     parts, _ = train_step.build_model(cfg)
-    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.groups))
     ckpt.write_config(workdir, cfg)
     manager = ckpt.open_manager(workdir)
     try:

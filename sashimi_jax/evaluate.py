@@ -9,14 +9,17 @@ training code), rebuilds the data of the run's saved config, scores every window
     {"split": "test", "step": 600, "which": "best", "windows": 12, "samples": 98304,
      "loss": 2.18, "bpb": 3.15, "accuracy": 0.28, "accuracy@3": ..., "accuracy@5": ..., "accuracy@10": ...}
 
-loss is in nats per sample, bpb = loss / ln 2 (bits per sample).
+loss is in nats per sample, bpb = loss / ln 2 (bits per sample). A conditional run (``data.labels``) adds its
+vocabulary (``labels``: field -> values) and two more losses that say how much the model uses its labels:
+``loss_null_label`` (every window with the null labels) and ``loss_wrong_label`` (each window with the wrong
+label, one field changed to another value, that it scores best; :func:`wrong_label_loss`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from sashimi_jax import labels as labelslib
 from sashimi_jax import metrics as metlib
 from sashimi_jax import parallel
+from sashimi_jax.evaluate_labels import make_window_loss, wrong_label_loss
 from sashimi_jax import workdir as workdirlib
+from sashimi_jax.batches import eval_batches
 from sashimi_jax.config import ConfigError
 from sashimi_jax.mulaw import shift_inputs
 from sashimi_jax.params import restore_model
@@ -41,40 +47,27 @@ SPLITS = ("test", "val", "train")
 # ------------------------------------------------------------------------------------- the step
 
 
-def eval_stats(graphdef: Any, rest: Any, params: Any, targets: jax.Array, weights: jax.Array, bits: int) -> dict:
+def eval_stats(
+    graphdef: Any, rest: Any, params: Any, targets: jax.Array, weights: jax.Array, bits: int, labels: jax.Array | None = None
+) -> dict:
     """Summed token stats (metrics.token_stats) of one batch in evaluation mode.
 
     Args:
       graphdef: the model's structure in evaluation mode. rest: its other variables (pure dict).
       params: its parameters (pure dict). targets: int32 (B, L) tokens. weights: float32 (B,), 0 = padding.
+      labels: int32 (B, n_fields) of a conditional model (None or n_fields 0: none).
     """
     model = nnx.merge(graphdef, params, rest)
-    logits = model(shift_inputs(targets, bits))
+    logits = model(shift_inputs(targets, bits), labels if labels is not None and labels.shape[-1] else None)
     return metlib.token_stats(logits, targets, weights)
 
 
 def make_eval_step(graphdef: Any, rest: Any, bits: int, mesh: jax.sharding.Mesh) -> Callable[..., dict]:
-    """:func:`eval_stats` jitted for ``mesh``: (params, targets (B, L), weights (B,)) -> replicated stats."""
-    return jax.jit(lambda p, t, w: eval_stats(graphdef, rest, p, t, w, bits), out_shardings=parallel.replicated(mesh))
-
-
-def eval_batches(tokens: np.ndarray, batch_size: int, max_batches: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (targets int32 (batch_size, L), weights float32 (batch_size,)) over a split in order.
-
-    The last batch is padded with copies of its first row at weight 0, so every batch has the same shape.
-    ``max_batches`` > 0 stops after that many batches.
-    """
-    n = len(tokens)
-    count = -(-n // batch_size)
-    if max_batches > 0:
-        count = min(count, max_batches)
-    for b in range(count):
-        rows = np.asarray(tokens[b * batch_size : (b + 1) * batch_size], dtype=np.int32)
-        weights = np.ones((batch_size,), np.float32)
-        if len(rows) < batch_size:
-            weights[len(rows) :] = 0.0
-            rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
-        yield rows, weights
+    """:func:`eval_stats` jitted for ``mesh``: (params, targets (B, L), weights (B,)[, labels (B, n_fields)]) ->
+    replicated stats."""
+    return jax.jit(
+        lambda p, t, w, lab=None: eval_stats(graphdef, rest, p, t, w, bits, lab), out_shardings=parallel.replicated(mesh)
+    )
 
 
 def evaluate_tokens(
@@ -85,22 +78,24 @@ def evaluate_tokens(
     mesh: jax.sharding.Mesh,
     max_batches: int = 0,
     progress: bool = False,
+    labels: np.ndarray | None = None,
 ) -> dict[str, float] | None:
     """The metric table (metrics.summarize) of ``params`` over a split; None for an empty split.
 
     Args:
       eval_step: :func:`make_eval_step` output. tokens: uint8 (n, L). batch_size: global, a multiple of the
-      device count. max_batches: 0 = the whole split.
+      device count. max_batches: 0 = the whole split. labels: int32 (n, n_fields) of a conditional model.
     """
     if len(tokens) == 0:
         return None
     total = None
-    batches = eval_batches(tokens, batch_size, max_batches)
+    batches = eval_batches(tokens, batch_size, max_batches, labels)
     if progress and jax.process_index() == 0:
         n = -(-len(tokens) // batch_size)
         batches = tqdm(batches, total=min(n, max_batches) if max_batches else n, desc="evaluating", leave=False)
-    for targets, weights in batches:
-        stats = eval_step(params, parallel.shard_batch(targets, mesh), parallel.shard_batch(weights, mesh))
+    for targets, weights, labs in batches:
+        labs = () if labs is None else (parallel.shard_batch(labs, mesh),)
+        stats = eval_step(params, parallel.shard_batch(targets, mesh), parallel.shard_batch(weights, mesh), *labs)
         total = metlib.add_stats(total, parallel.tree_to_host(stats))
     out = metlib.summarize(total)
     out["windows"] = round(total["tokens"]) // tokens.shape[1]
@@ -139,11 +134,14 @@ def evaluate_run(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     bs = eval_batch_size(batch_size, cfg.train.batch_size, mesh.devices.size)
     parallel.check_batch_size(bs, mesh, "--batch_size")
-    tokens = getattr(prepare(cfg.data), split)
+    prepared = prepare(cfg.data)
+    tokens, labels = getattr(prepared, split), getattr(prepared, f"{split}_labels")
     if len(tokens) == 0:
         raise DataError(f"the {split} split of {cfg.data.source} has no windows; evaluate another split.")
-    eval_fn = make_eval_step(graphdef, nnx.to_pure_dict(rest), int(cfg.data.bits), mesh)
-    table = evaluate_tokens(eval_fn, nnx.to_pure_dict(params), tokens, bs, mesh, progress=True)
+    rest, params, sizes = nnx.to_pure_dict(rest), nnx.to_pure_dict(params), model.label_sizes
+    eval_fn = make_eval_step(graphdef, rest, int(cfg.data.bits), mesh)
+    labels = labels if sizes else None
+    table = evaluate_tokens(eval_fn, params, tokens, bs, mesh, progress=True, labels=labels)
     result = {
         "split": split,
         "step": step,
@@ -152,9 +150,15 @@ def evaluate_run(
         "samples": int(len(tokens) * tokens.shape[1]),
         **{k: table[k] for k in metlib.METRIC_KEYS},
     }
+    if sizes:  # how much the model uses its labels (sashimi_jax.evaluate_labels)
+        null = np.broadcast_to(np.asarray(sizes, np.int32), labels.shape)
+        result["labels"] = labelslib.load_label_values(workdir)
+        result["loss_null_label"] = evaluate_tokens(eval_fn, params, tokens, bs, mesh, labels=null)["loss"]
+        window_loss = make_window_loss(graphdef, rest, int(cfg.data.bits), mesh)
+        result["loss_wrong_label"] = wrong_label_loss(window_loss, params, tokens, labels, sizes, bs, mesh)
     if write and jax.process_index() == 0:
         write_text_atomic(Path(workdir) / f"eval_{split}.json", json.dumps(result, indent=1) + "\n")
     return result
 
 
-__all__ = ["SPLITS", "eval_batch_size", "eval_batches", "eval_stats", "evaluate_run", "evaluate_tokens", "make_eval_step"]
+__all__ = ["SPLITS", "eval_batch_size", "eval_stats", "evaluate_run", "evaluate_tokens", "make_eval_step"]

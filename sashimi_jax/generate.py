@@ -3,8 +3,10 @@
 The logic behind ``experiments/generate.py``. One call of :func:`run`:
 
 1. checks the request and completes it from the run's saved config (sashimi_jax.generate_request);
-2. encodes the optional prompt like training data (:func:`sashimi_jax.audio.encode_prompt`) and consumes it in
-   parallel mode (:meth:`sashimi_jax.generator.Generator.start`);
+2. encodes the optional prompt like training data (:func:`sashimi_jax.audio.encode_prompt`) and each stream's
+   labels (a conditional run's vocabulary, :func:`sashimi_jax.generate_request.stream_labels`), and consumes the
+   prompt in parallel mode (:meth:`sashimi_jax.generator.Generator.start`; with ``--guidance`` each stream
+   also runs with the null labels, :mod:`sashimi_jax.guidance`);
 3. restores the run's model (:func:`sashimi_jax.params.restore_model`; the best checkpoint by validation
    loss by default), after the cheap checks so that a bad prompt fails fast;
 4. generates ``num_samples`` streams call by call (:class:`sashimi_jax.generator.Generator`), appending each
@@ -31,16 +33,19 @@ import numpy as np
 from tqdm import tqdm
 
 from sashimi_jax import audio, mulaw
+from sashimi_jax.labels import load_label_values
 from sashimi_jax.generator import Generator
 from sashimi_jax.generate_output import WavStreams, output_names, write_ranking, write_report
 from sashimi_jax.generate_request import (
     REPORT_MAX_SECONDS,
     SYNTHETIC_PROMPT,
     GenerateError,
+    LabelError,
     Request,
     check_request,
     find_default_workdir,
     resolve,
+    stream_labels,
 )
 from sashimi_jax.params import load_run_config, restore_model
 from sashimi_jax.sampling import check_sampling
@@ -95,14 +100,16 @@ def run(req: Request, log: Callable[[str], None] = print) -> dict:
     cfg = load_run_config(workdir)
     req = resolve(req, cfg)
     total = round(req.seconds * int(cfg.data.sample_rate))
-    sampling = check_sampling(req.temperature, req.top_p, req.top_k)
+    sampling = check_sampling(req.temperature, req.top_p, req.top_k, req.guidance)
+    values = load_label_values(workdir)
+    labels = stream_labels(req, values, req.num_samples)
     prompt = encode_prompt(req, cfg, total)
     out = Path(req.out) if req.out else workdir / "samples"
     footprint = Footprint(out)
     try:
         out = ensure_writable(out, "--out")
         restored = restore(workdir, req.which)
-        return _generate(restored, req, sampling, workdir, out, prompt, log)
+        return _generate(restored, req, sampling, workdir, out, (prompt, labels, values), log)
     except BaseException:
         footprint.undo()  # refused before any file was written: no empty output directory left behind
         raise
@@ -115,10 +122,10 @@ def _rate(done: int, first_n: int, first_s: float, later_s: float) -> float:
     return done / max(first_s, 1e-9)
 
 
-def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path, prompt, log) -> dict:
-    """:func:`run` once the model is restored (``restored``: (model, cfg, step)): the streams, their files,
-    spectrograms and ranking."""
-    model, cfg, step = restored
+def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path, inputs: tuple, log) -> dict:
+    """:func:`run` once the model is restored (``restored``: (model, cfg, step); ``inputs``: (prompt tokens or
+    None, label ids or None, the run's label vocabulary)): the streams, their files, spectrograms and ranking."""
+    (model, cfg, step), (prompt, labels, values) = restored, inputs
     rate, bits = int(cfg.data.sample_rate), int(cfg.data.bits)
     total, b = round(req.seconds * rate), req.num_samples
     n_prompt = 0 if prompt is None else int(prompt.shape[0])
@@ -126,14 +133,14 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
     gen = Generator(model, sampling, max(1, round(req.seconds_per_call * rate)))
 
     t0 = time.time()
-    carry = gen.start(b, prompt)
+    carry = gen.start(b, prompt, labels)
     jax.block_until_ready(carry)
     prefill_s = time.time() - t0
     log(
         f"generating {b} x {req.seconds:g} s ({total - n_prompt} new samples each"
         + (f" after a {n_prompt / rate:.3f} s prompt" if n_prompt else "")
         + f") from {workdir} step {step}, temperature {sampling.temperature:g}, top_p {sampling.top_p:g}, "
-        f"top_k {sampling.top_k}, seed {req.seed} -> {out}"
+        f"top_k {sampling.top_k}, seed {req.seed}" + _labels_text(labels, values, sampling.guidance) + f" -> {out}"
     )
     paths = [out / f"{s}.wav" for s in stems]
     with WavStreams(paths, rate, total if req.spectrogram else None) as wavs:
@@ -152,6 +159,8 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
         "top_p": sampling.top_p,
         "top_k": sampling.top_k,
         "seed": req.seed,
+        "labels": None if labels is None else [_label_names(row, values) for row in labels],
+        "guidance": sampling.guidance,
         "prefill_seconds": prefill_s,
         **timing,
         "bits_per_sample": [round(float(x), 4) for x in nll_bits],
@@ -162,6 +171,19 @@ def _generate(restored: tuple, req: Request, sampling, workdir: Path, out: Path,
         summary["ranking"] = write_ranking(out, stems, nll_bits, req.rank)
         summary["files"] = [str(out / e["file"]) for e in summary["ranking"] if e["kept"]]
     return summary
+
+
+def _label_names(ids: np.ndarray, values: dict[str, list[str]]) -> dict[str, str]:
+    """One stream's label ids -> {field: value} (a null label is left out)."""
+    return {f: values[f][i] for f, i in zip(values, ids.tolist()) if i < len(values[f])}
+
+
+def _labels_text(labels: np.ndarray | None, values: dict, guidance: float) -> str:
+    """", labels signal=low | signal=high, guidance 2" for the log line ("" without labels)."""
+    if labels is None:
+        return ""
+    rows = dict.fromkeys(",".join(f"{k}={v}" for k, v in _label_names(r, values).items()) or "null" for r in labels)
+    return f", labels {' | '.join(rows)}, guidance {guidance:g}"
 
 
 def _stream(gen, carry, steps: int, req: Request, wavs: WavStreams, bits: int, rate: int) -> tuple[np.ndarray, dict]:
@@ -196,6 +218,7 @@ def _stream(gen, carry, steps: int, req: Request, wavs: WavStreams, bits: int, r
 
 __all__ = [
     "GenerateError",
+    "LabelError",
     "Request",
     "check_request",
     "encode_prompt",

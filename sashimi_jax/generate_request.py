@@ -3,7 +3,7 @@
 A :class:`Request` holds the flags as given (``None``: the run's default); :func:`check_request` refuses
 out-of-range values before anything is loaded, :func:`find_default_workdir` picks the run when no
 ``--workdir`` is given, and :func:`resolve` fills the unset fields from the run's saved config
-(``cfg.sample``).
+(``cfg.sample``); :func:`stream_labels` turns ``--label`` / ``--labels_file`` into each stream's label ids.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from sashimi_jax import checkpoint as ckpt
 from sashimi_jax.sampling import check_sampling
@@ -26,6 +28,10 @@ REPORT_MAX_SECONDS = 60.0  # the sample report measures at most this much of eac
 
 class GenerateError(ValueError):
     """A generation request that cannot run (the message names the problem and the fix)."""
+
+
+class LabelError(GenerateError):
+    """A label the run does not know, or labels for a run trained without them (a bad flag value: exit 2)."""
 
 
 def find_default_workdir(root: str | os.PathLike = "runs") -> Path:
@@ -72,6 +78,9 @@ class Request:
     prompt: str | None = None
     prompt_seconds: float | None = None
     rank: str = "none"
+    labels: tuple[str, ...] = ()  # --label FIELD=VALUE, repeatable: the values of a field are spread over the streams
+    labels_file: str | None = None  # one line per stream: FIELD=VALUE[,FIELD=VALUE]
+    guidance: float = 1.0
     seconds_per_call: float | None = None
     which: str = "best"
     spectrogram: bool = True
@@ -102,7 +111,69 @@ def check_request(req: Request) -> None:
         1.0 if req.temperature is None else req.temperature,
         1.0 if req.top_p is None else req.top_p,
         0 if req.top_k is None else req.top_k,
+        req.guidance,
     )
+    if req.labels and req.labels_file:
+        raise GenerateError("give the labels with --label or with --labels_file, not both.")
+    if req.guidance != 1.0 and not (req.labels or req.labels_file):
+        raise GenerateError(f"--guidance={req.guidance:g} needs labels to follow: add --label FIELD=VALUE.")
+    for spec in req.labels:
+        split_label(spec, "--label")
+
+
+def split_label(spec: str, where: str) -> tuple[str, str]:
+    """ "FIELD=VALUE" -> (field, value). Raises LabelError."""
+    field, sep, value = spec.partition("=")
+    if not sep or not field.strip() or not value.strip():
+        raise LabelError(f"{where} {spec!r} must look like FIELD=VALUE (e.g. --label genre=jazz).")
+    return field.strip(), value.strip()
+
+
+def label_rows(req: Request) -> list[list[tuple[str, str]]]:
+    """The (field, value) pairs of each line of ``--labels_file``, or of the ``--label`` flags as one row per
+    position: the k-th stream takes, for every field, the field's (k mod count)-th value."""
+    if req.labels_file:
+        try:
+            lines = [ln.strip() for ln in Path(req.labels_file).read_text().splitlines()]
+        except OSError as err:
+            raise GenerateError(f"--labels_file {req.labels_file} cannot be read ({err.strerror}); pass a text file.") from err
+        rows = [[split_label(p, f"{req.labels_file}:") for p in ln.split(",")] for ln in lines if ln]
+        if not rows:
+            raise GenerateError(f"--labels_file {req.labels_file} holds no labels; write one FIELD=VALUE line per stream.")
+        return rows
+    per_field: dict[str, list[str]] = {}
+    for spec in req.labels:
+        field, value = split_label(spec, "--label")
+        per_field.setdefault(field, []).append(value)
+    count = max((len(v) for v in per_field.values()), default=0)
+    return [[(f, vals[k % len(vals)]) for f, vals in per_field.items()] for k in range(count)]
+
+
+def stream_labels(req: Request, values: dict[str, list[str]], num_samples: int) -> np.ndarray | None:
+    """Each stream's label ids, int32 (num_samples, n_fields) in the order of ``values`` (the run's vocabulary,
+    :func:`sashimi_jax.labels.load_label_values`); rows repeat over the streams, a field not named gets its null
+    label (id = its number of values). None when no label is asked for.
+
+    Raises:
+      LabelError: a field or value the run does not have (the valid ones named), or labels for an
+      unconditional run.
+    """
+    rows = label_rows(req)
+    if not rows:
+        return None
+    if not values:
+        raise LabelError("this run was trained without labels (data.labels); leave out --label / --labels_file.")
+    fields = list(values)
+    ids = np.array([len(values[f]) for f in fields], np.int32)
+    out = np.tile(ids, (num_samples, 1))
+    for k in range(num_samples):
+        for field, value in rows[k % len(rows)]:
+            if field not in values:
+                raise LabelError(f"the run has no label field {field!r}; its fields: {', '.join(fields)}.")
+            if value not in values[field]:
+                raise LabelError(f"{field}={value!r} is not a value of the run's {field!r} labels; valid: {', '.join(values[field])}.")
+            out[k, fields.index(field)] = values[field].index(value)
+    return out
 
 
 def resolve(req: Request, cfg) -> Request:
@@ -127,4 +198,7 @@ def resolve(req: Request, cfg) -> Request:
     return r
 
 
-__all__ = ["DEMO_NAME", "GenerateError", "REPORT_MAX_SECONDS", "RANK_MODES", "Request", "check_request", "find_default_workdir", "resolve"]
+__all__ = [
+    "DEMO_NAME", "GenerateError", "LabelError", "REPORT_MAX_SECONDS", "RANK_MODES", "Request", "check_request",
+    "find_default_workdir", "label_rows", "resolve", "split_label", "stream_labels",
+]

@@ -184,8 +184,9 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     workdir_path = Path(workdir)
 
     prepared, feed = _prepare_data(cfg, source)
+    cfg.model.label_sizes = tuple(len(v) for v in prepared.label_values.values())  # () without data.labels
     parts, params = build_model(cfg)
-    tx = optim.make_optimizer(cfg.train, parts.labels)
+    tx = optim.make_optimizer(cfg.train, parts.groups)
     host_state = init_state(cfg, params, tx)
     say(f"model: {parts.n_params:,} parameters ({cfg.name}); {parallel.describe(mesh)}")
     say(
@@ -248,7 +249,7 @@ class _Run:
             self.say(f"already trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
         try:
             for step in range(start, int(t.num_steps)):
-                self.state, out = self.step_fn(self.state, self.batch(step))
+                self.state, out = self.step_fn(self.state, *self.batch(step))
                 done = step + 1
                 self.record(step, start, {k: float(v) for k, v in parallel.tree_to_host(out).items()}, runlog)
                 val_loss = self.validate(done, runlog) if done % t.eval_every == 0 or done == t.num_steps else None
@@ -304,8 +305,10 @@ class _Run:
     def validate(self, done: int, runlog: RunLog) -> float | None:
         """Evaluate on the validation split, step the plateau rule and log; returns the loss (None: empty split)."""
         t, t_eval = self.t, time.perf_counter()
+        labels = self.prepared.val_labels if self.cfg.model.label_sizes else None
         self.last_val = evaluate_tokens(
-            self.eval_fn, eval_params(self.state), self.prepared.val, int(t.batch_size), self.mesh, int(t.eval_batches)
+            self.eval_fn, eval_params(self.state), self.prepared.val, int(t.batch_size), self.mesh, int(t.eval_batches),
+            labels=labels,
         )
         self.meter.pause(time.perf_counter() - t_eval)
         if self.last_val is None:

@@ -6,7 +6,8 @@ Train state (a pytree of replicated arrays, saved whole in every checkpoint)::
     params    pure dict of float32 arrays (nnx.Param and SSMParam of the model)
     opt_state optax state (AdamW moments and schedule counts, per group)
     plateau   {"scale": f32, "best": f32, "bad": i32} the ReduceLROnPlateau state (optim.plateau_update)
-    rng       uint32 (2,) base key data; step s uses fold_in(rng, s) (dropout), so resuming needs nothing else
+    rng       uint32 (2,) base key data; step s uses fold_in(rng, s) (dropout, label dropout), so resuming needs
+              nothing else
     ema       (only when train.ema > 0) EMA of params, used for evaluation
 
 One ``jax.jit`` program (:func:`make_train_step`) runs on a mesh over all devices (sashimi_jax.parallel):
@@ -41,15 +42,17 @@ class ModelParts:
 
     graphdef / eval_graphdef: the module structure in training / evaluation mode (dropout on / off).
     rest: non-parameter variables as a pure dict (dropout RNG streams; reseeded every step, never saved).
-    labels: optimizer group of every parameter (optim.param_labels).
+    groups: optimizer group of every parameter (optim.param_labels).
     n_params: number of trainable scalars.
+    label_sizes: values per label field of a conditional model (() for an unconditional one).
     """
 
     graphdef: Any
     eval_graphdef: Any
     rest: Any
-    labels: dict
+    groups: dict
     n_params: int
+    label_sizes: tuple[int, ...] = ()
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[ModelParts, dict]:
@@ -57,10 +60,11 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[ModelParts, dict]:
     model = SaShiMi(cfg.model, rngs=nnx.Rngs(int(cfg.train.seed)))
     n_params = count_params(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    labels = optim.param_labels(params)
+    groups = optim.param_labels(params)
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    return ModelParts(graphdef, eval_graphdef, nnx.to_pure_dict(rest), labels, n_params), nnx.to_pure_dict(params)
+    parts = ModelParts(graphdef, eval_graphdef, nnx.to_pure_dict(rest), groups, n_params, model.label_sizes)
+    return parts, nnx.to_pure_dict(params)
 
 
 def init_state(cfg: ml_collections.ConfigDict, params: dict, tx: optax.GradientTransformation) -> dict:
@@ -110,29 +114,45 @@ def eval_params(state: dict) -> Any:
 # ------------------------------------------------------------------------------------ the step
 
 
-def loss_and_logits(parts: ModelParts, params: Any, targets: jax.Array, key: jax.Array, bits: int):
-    """Training loss of one batch: int32 (B, L) targets -> (float32 () mean nats, float32 (B, L, C) logits)."""
+def drop_labels(labels: jax.Array, sizes: tuple[int, ...], rate: float, key: jax.Array) -> jax.Array:
+    """Label dropout: each window's labels int32 (B, n_fields) all become the null labels (``sizes``) with
+    probability ``rate``, so that one model learns to predict with and without them."""
+    keep = jax.random.uniform(key, (labels.shape[0], 1)) >= rate
+    return jnp.where(keep, labels, jnp.asarray(sizes, jnp.int32)[None])
+
+
+def loss_and_logits(
+    parts: ModelParts, params: Any, targets: jax.Array, key: jax.Array, bits: int, labels: jax.Array | None = None
+):
+    """Training loss of one batch: int32 (B, L) targets (and a conditional model's labels int32 (B, n_fields),
+    dropped already) -> (float32 () mean nats, float32 (B, L, C) logits)."""
     model = nnx.merge(parts.graphdef, params, parts.rest)
     nnx.reseed(model, dropout=key, default=key)
-    logits = model(shift_inputs(targets, bits))
+    logits = model(shift_inputs(targets, bits), labels)
     return metlib.mean_nll(logits, targets), logits
 
 
 def train_step(
-    state: dict, targets: jax.Array, *, parts: ModelParts, tx: optax.GradientTransformation, ema: float, bits: int
+    state: dict, targets: jax.Array, labels: jax.Array | None = None, *, parts: ModelParts,
+    tx: optax.GradientTransformation, ema: float, bits: int, label_dropout: float = 0.0,
 ) -> tuple[dict, dict]:
     """One AdamW step on a global batch (pure; jit it with :func:`make_train_step`).
 
     Args:
-      state: the train state. targets: int32 (B, L) mu-law tokens.
+      state: the train state. targets: int32 (B, L) mu-law tokens. labels: int32 (B, n_fields) of a conditional
+      model (:func:`drop_labels` at ``label_dropout`` is applied here), or None / n_fields 0.
     Returns:
       (new state, metrics) where metrics holds the summed token stats of the batch (metrics.token_stats),
       ``loss`` (mean nats, the optimised quantity), ``grad_norm`` (global L2 norm of the gradient) and
       ``params_finite`` (bool: no NaN/inf in the updated parameters).
     """
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    if labels is not None and labels.shape[-1]:
+        labels = drop_labels(labels, parts.label_sizes, label_dropout, jax.random.fold_in(key, 1))
+    else:
+        labels = None
     (loss, logits), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
-        parts, state["params"], targets, key, bits
+        parts, state["params"], targets, key, bits, labels
     )
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     scale = state["plateau"]["scale"]
@@ -149,11 +169,15 @@ def train_step(
 
 def make_train_step(
     parts: ModelParts, tx: optax.GradientTransformation, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> Callable[[dict, jax.Array], tuple[dict, dict]]:
-    """:func:`train_step` jitted for ``mesh``: state replicated in and out (donated), batch split over "data"."""
+) -> Callable[..., tuple[dict, dict]]:
+    """:func:`train_step` jitted for ``mesh``: ``step(state, targets, labels=None)``, state replicated in and out
+    (donated), the batch split over "data"."""
 
-    def step(state, targets):
-        return train_step(state, targets, parts=parts, tx=tx, ema=float(cfg.train.ema), bits=int(cfg.data.bits))
+    def step(state, targets, labels=None):
+        return train_step(
+            state, targets, labels, parts=parts, tx=tx, ema=float(cfg.train.ema), bits=int(cfg.data.bits),
+            label_dropout=float(cfg.train.label_dropout),
+        )
 
     rep = parallel.replicated(mesh)
     return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
@@ -162,6 +186,7 @@ def make_train_step(
 __all__ = [
     "ModelParts",
     "build_model",
+    "drop_labels",
     "eval_params",
     "init_state",
     "loss_and_logits",

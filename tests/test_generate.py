@@ -50,7 +50,7 @@ def run_dir(tmp_path_factory) -> Path:
     workdir.mkdir(parents=True)
     cfg = load_config(DEMO, TINY)
     parts, params = train_step.build_model(cfg)
-    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.labels))
+    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.groups))
     ckpt.write_config(workdir, cfg)
     manager = ckpt.open_manager(workdir)
     ckpt.save(manager, 1, state, val_loss=5.0)

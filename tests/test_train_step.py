@@ -14,7 +14,7 @@ from sashimi_jax.train_step import build_model, eval_params, init_state, make_tr
 def test_one_step_moves_params_ema_and_step(env):
     cfg = tiny_cfg(env, *SHORT)  # EMA 0.5 and clipping: the program of the short run
     parts, params = build_model(cfg)
-    tx = optim.make_optimizer(cfg.train, parts.labels)
+    tx = optim.make_optimizer(cfg.train, parts.groups)
     state = init_state(cfg, params, tx)
     assert sorted(state) == ["ema", "opt_state", "params", "plateau", "rng", "step"]
     assert "ema" not in init_state(tiny_cfg(env), params, tx) and eval_params(state) is state["ema"]
