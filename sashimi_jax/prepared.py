@@ -257,7 +257,7 @@ def split_tokens(
         message = lopsided_message(split, owners, entries, d, unit)
         if message:
             logger.warning("%s", message)
-    if fields:
+    if fields and "train" in getattr(source, "splits", {"train": None}):  # not the val / test of a stream
         split = keep_labels_in_train(split, owners, labels, entries, values)
     for i, entry in enumerate(entries):
         if entry["status"] == "ok":
