@@ -37,14 +37,19 @@ def batches(
         yield np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
 
 
-def batch_at(tokens: np.ndarray, batch_size: int, seed: int, step: int) -> np.ndarray:
+def batch_at(
+    tokens: np.ndarray, batch_size: int, seed: int, step: int, labels: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The training batch of global step ``step`` (shuffled, last partial batch dropped), stateless.
 
     epoch = step // batches_per_epoch; the batch is that epoch's ``step % batches_per_epoch``-th batch
     of :func:`batches`, so a run resumed at step s sees exactly the data an uninterrupted run would.
 
+    Args:
+      labels: the label ids of the windows, int (n, n_fields), or None.
     Returns:
-      int32 (batch_size, L) targets.
+      int32 (batch_size, L) targets; with ``labels``, (targets, int32 (batch_size, n_fields) label ids of
+      the same windows).
     Raises:
       DataError: fewer windows than ``batch_size``.
     """
@@ -55,8 +60,9 @@ def batch_at(tokens: np.ndarray, batch_size: int, seed: int, step: int) -> np.nd
             "lower train.batch_size or data.sample_len, or add audio."
         )
     epoch, b = divmod(step, per_epoch)
-    order = epoch_order(len(tokens), seed, epoch)
-    return np.asarray(tokens[order[b * batch_size : (b + 1) * batch_size]], dtype=np.int32)
+    rows = epoch_order(len(tokens), seed, epoch)[b * batch_size : (b + 1) * batch_size]
+    targets = np.asarray(tokens[rows], dtype=np.int32)
+    return targets if labels is None else (targets, np.asarray(labels[rows], dtype=np.int32))
 
 
 def pad_rows(rows: np.ndarray, batch_size: int) -> np.ndarray:

@@ -69,7 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.cache_dir = ""  # where prepared tokens are cached ("" = ~/.cache/sashimi_jax)
     d.synthetic_seconds = 240.0  # length of the generated signal for source = "synthetic"
     d.synthetic_files = 16  # the generated signal is split into this many "files"
-    d.synthetic_signal = "band"  # "band" (melody, bass, chords, drums) or "melody" (one plucked voice) or "tune" (the melody held legato)
+    d.synthetic_signal = "band"  # "band", "melody" (one voice), "tune" (legato), "low"/"high" (two registers); "low,high": file k is signal k % n
+    d.labels = ""  # comma-separated label fields: dataset / sidecar columns, "label" (sub-folder), "signal" (synthetic); "" = none
+    d.unlabelled = "skip"  # a recording with a missing or unknown label: "skip" it (named) or give it the "null" label
+    d.label_values = ""  # fixed vocabularies "field=v1|v2;field2=a|b" ("" = read from the data at preparation)
 
     # ---------------------------------------------------------------- training
     t = c.train = ml_collections.ConfigDict()

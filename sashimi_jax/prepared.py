@@ -4,7 +4,8 @@
 (sashimi_jax.recordings, sashimi_jax.audio) with a progress bar, skipping and reporting bad ones, splits the
 windows (sashimi_jax.splits) and writes every split as a ``.npy`` file with a ``manifest.json`` in a directory
 keyed by a hash of the source's identity and the settings (:func:`cache_dir_for`), so a second run
-memory-maps them at once. With ``data.streaming`` the validation and test splits are read into memory and the
+memory-maps them at once. With ``data.labels`` every window also gets its recording's label ids
+(sashimi_jax.labels), cached beside the tokens, and the split keeps every label value in train. With ``data.streaming`` the validation and test splits are read into memory and the
 train split is left to stream during training (sashimi_jax.stream) instead of being cached.
 """
 
@@ -23,10 +24,18 @@ import numpy as np
 from tqdm import tqdm
 
 from sashimi_jax.audio import AudioError, check_audio, file_windows
-from sashimi_jax.recordings import Recordings, dataset_loaders, recordings, report_skip, skip_entry
+from sashimi_jax.labels import (
+    Labeller,
+    build_values,
+    check_label_settings,
+    fixed_values,
+    label_fields,
+    label_settings,
+)
+from sashimi_jax.recordings import Recordings, dataset_loaders, known_values, recordings, report_skip, skip_entry
 from sashimi_jax.sources import SPLITS, DataError, DatasetSource, Source, resolve_source
-from sashimi_jax.splits import assign_splits, lopsided_message, split_stream
-from sashimi_jax.synthetic import SYNTHETIC_SEED, SYNTHETIC_SIGNALS
+from sashimi_jax.splits import assign_splits, keep_labels_in_train, lopsided_message, split_stream
+from sashimi_jax.synthetic import SYNTHETIC_SEED, SYNTHETIC_SIGNALS, signal_names
 from sashimi_jax.workdir import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -38,7 +47,8 @@ CACHE_VERSION = 1  # bump when the prepared tokens of the same inputs would chan
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """Token windows of the three splits, each uint8 (n_windows, sample_len), memory-mapped.
+    """Token windows of the three splits, each uint8 (n_windows, sample_len), memory-mapped, and their label ids,
+    each int32 (n_windows, n_fields) (n_fields = 0 without ``data.labels``).
 
     When streaming, ``train`` is empty and ``stream`` holds the train split to read as it streams
     (sashimi_jax.stream); ``val`` and ``test`` are then held in memory and ``cache_path`` is None.
@@ -50,6 +60,16 @@ class PreparedData:
     manifest: dict  # source, settings, per-file status and split, window counts
     cache_path: Path | None  # directory holding train.npy, val.npy, test.npy and manifest.json
     stream: DatasetSource | None = None
+    label_values: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # ordered fields -> vocabulary
+    train_labels: np.ndarray | None = None  # int32 (len(train), n_fields); None given: (len(train), 0)
+    val_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            if getattr(self, f"{split}_labels") is None:
+                empty = np.zeros((len(getattr(self, split)), len(self.label_values)), np.int32)
+                object.__setattr__(self, f"{split}_labels", empty)
 
 
 def settings(data_cfg: Any) -> dict:
@@ -63,6 +83,7 @@ def settings(data_cfg: Any) -> dict:
         "train_frac": float(d.train_frac),
         "val_frac": float(d.val_frac),
         "min_seconds": float(d.min_seconds),
+        **label_settings(d),  # nothing without data.labels: the keys of unlabelled data stay as they were
     }
 
 
@@ -75,7 +96,7 @@ def check_settings(data_cfg: Any) -> None:
         raise DataError(
             f"data.train_frac={d.train_frac} and data.val_frac={d.val_frac} must be > 0, >= 0 and sum to at most 1."
         )
-    if d.synthetic_signal not in SYNTHETIC_SIGNALS:
+    if not signal_names(d.synthetic_signal) or set(signal_names(d.synthetic_signal)) - set(SYNTHETIC_SIGNALS):
         raise DataError(
             f"data.synthetic_signal={d.synthetic_signal!r} is not one of {', '.join(map(repr, SYNTHETIC_SIGNALS))}."
         )
@@ -84,6 +105,7 @@ def check_settings(data_cfg: Any) -> None:
             f"data.chunk_seconds={d.chunk_seconds} gives chunks of {d.chunk_seconds * d.sample_rate:.0f} samples, "
             f"shorter than data.sample_len={d.sample_len}; raise chunk_seconds or lower sample_len."
         )
+    check_label_settings(d)
 
 
 def source_identity(source: Source | DatasetSource, data_cfg: Any) -> dict:
@@ -117,9 +139,12 @@ def load_prepared(path: Path) -> PreparedData | None:
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         arrays = [np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS]
+        values = manifest.get("label_values", {})
+        labels = [np.load(path / f"{s}_labels.npy") for s in SPLITS] if values else [None] * 3
     except (OSError, ValueError):
         return None
-    return PreparedData(*arrays, manifest=manifest, cache_path=path)
+    return PreparedData(*arrays, manifest=manifest, cache_path=path, label_values=values,
+                        train_labels=labels[0], val_labels=labels[1], test_labels=labels[2])
 
 
 # ------------------------------------------------------------------------------ tokenizing
@@ -141,7 +166,7 @@ def tokenize(parts: Sequence[Recordings], data_cfg: Any, label: str) -> tuple[np
     total = sum(p.total for p in parts) if all(p.total is not None for p in parts) else None
     with tqdm(total=total, desc=f"preparing {label}", unit="file", dynamic_ncols=True) as bar:
         for part in parts:
-            for name, load in part.loaders:
+            for name, load, raw in part.loaders:
                 bar.update(1)
                 try:
                     x = load()
@@ -163,6 +188,7 @@ def tokenize(parts: Sequence[Recordings], data_cfg: Any, label: str) -> tuple[np
                         "chunks": len(per_chunk),
                         "short_chunks": sum(len(w) == 0 for w in per_chunk),
                         "windows": sum(len(w) for w in per_chunk),
+                        **({"labels": raw} if raw else {}),
                     }
                 )
     if not tokens:
@@ -170,12 +196,38 @@ def tokenize(parts: Sequence[Recordings], data_cfg: Any, label: str) -> tuple[np
     return np.concatenate(tokens), np.concatenate(owners).astype(np.int64), entries, np.concatenate(fixed)
 
 
+def window_labels(entries: list[dict], owners: np.ndarray, labeller: Labeller) -> tuple[np.ndarray, np.ndarray]:
+    """The label ids of every window, int32 (n_windows, n_fields), and which windows to keep, bool (n_windows,).
+
+    A recording with a missing or unknown label is named: skipped (its entry becomes a skip entry, its windows
+    dropped) or given the null ids (its entry notes why), as ``labeller.policy`` says.
+    """
+    per_entry = np.zeros((len(entries), labeller.n_fields), np.int32)
+    dropped = np.zeros(len(entries), bool)
+    for i, entry in enumerate(entries):
+        if entry["status"] != "ok" or not labeller.n_fields:
+            continue
+        ids, reason = labeller.ids(entry.get("labels", {}), entry["name"])
+        if ids is None:
+            entries[i], dropped[i] = {**skip_entry(entry["name"], reason), "labels": entry.get("labels", {})}, True
+            report_skip(entries[i])
+            continue
+        per_entry[i] = ids
+        if reason:
+            entry["null_label"] = reason
+            tqdm.write(f"null label: {reason}")
+    return per_entry[owners[:, 0]], ~dropped[owners[:, 0]]
+
+
 def split_tokens(
-    source: Source | DatasetSource, parts: Sequence[Recordings], skipped: list[dict], data_cfg: Any
-) -> tuple[list[np.ndarray], dict]:
-    """Tokenize the recordings and split them: the windows of train, val and test, and the manifest.
+    source: Source | DatasetSource, parts: Sequence[Recordings], skipped: list[dict], data_cfg: Any,
+    values: dict[str, list[str]] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Tokenize the recordings and split them: the windows of train, val and test, their label ids, the manifest.
 
     Splits the dataset defines are kept; otherwise the 88/6/6 rule by file (see :func:`sashimi_jax.splits.assign_splits`).
+    With ``data.labels``, ``values`` is the vocabularies (None: built from the recordings read) and every value
+    gets a recording in train (:func:`sashimi_jax.splits.keep_labels_in_train`).
 
     Raises:
       DataError: no usable audio at all.
@@ -184,6 +236,12 @@ def split_tokens(
     for entry in skipped:
         report_skip(entry)
     tokens, owners, entries, fixed = tokenize(parts, d, source.label)
+    fields = label_fields(d)
+    if fields and values is None:
+        seen = [e["labels"] for e in entries if e["status"] == "ok"]
+        values = build_values(fields, fixed_values(d), known_values(source, d), seen, source.label)
+    labels, keep = window_labels(entries, owners, Labeller(values or {}, str(d.unlabelled)))
+    tokens, owners, fixed, labels = tokens[keep], owners[keep], fixed[keep], labels[keep]
     if not len(tokens):
         raise DataError(
             f"no usable audio in {source.label}: all {len(entries) + len(skipped)} file(s) were skipped "
@@ -199,6 +257,8 @@ def split_tokens(
         message = lopsided_message(split, owners, entries, d, unit)
         if message:
             logger.warning("%s", message)
+    if fields and "train" in getattr(source, "splits", {"train": None}):  # not the val / test of a stream
+        split = keep_labels_in_train(split, owners, labels, entries, values)
     for i, entry in enumerate(entries):
         if entry["status"] == "ok":
             entry["splits"] = [SPLITS[s] for s in np.unique(split[owners[:, 0] == i])]
@@ -213,8 +273,9 @@ def split_tokens(
         "split_unit": unit,
         "windows": {name: int(np.sum(split == s)) for s, name in enumerate(SPLITS)},
         "files": entries + skipped,
+        **({"labels": fields, "label_values": values, "unlabelled": str(d.unlabelled)} if fields else {}),
     }
-    return [tokens[split == s] for s in range(len(SPLITS))], manifest
+    return [tokens[split == s] for s in range(len(SPLITS))], [labels[split == s] for s in range(len(SPLITS))], manifest
 
 
 # ------------------------------------------------------------------------------ preparing
@@ -231,12 +292,15 @@ def prepare_stream(source: DatasetSource, data_cfg: Any) -> PreparedData:
     splits = dict(source.splits)
     if set(splits) == {"train"}:
         splits = split_stream(splits["train"], d.train_frac, d.val_frac, source.label)
+    fields = label_fields(d)
+    values = build_values(fields, fixed_values(d), known_values(source, d), None, source.label) if fields else {}
     evals = dataclasses.replace(source, splits={k: v for k, v in splits.items() if k != "train"})
-    parts = [Recordings(dataset_loaders(evals, s, d.sample_rate), None, SPLITS.index(s)) for s in evals.splits]
-    (_, val, test), manifest = split_tokens(evals, parts, [], d)
+    parts = [Recordings(dataset_loaders(evals, s, d.sample_rate, fields), None, SPLITS.index(s)) for s in evals.splits]
+    (_, val, test), (_, val_labels, test_labels), manifest = split_tokens(evals, parts, [], d, values)
     manifest.update(streaming=True, windows={**manifest["windows"], "train": None})
     train = dataclasses.replace(source, splits={"train": splits["train"]})
-    return PreparedData(np.zeros((0, d.sample_len), np.uint8), val, test, manifest, None, stream=train)
+    return PreparedData(np.zeros((0, d.sample_len), np.uint8), val, test, manifest, None, stream=train,
+                        label_values=values, val_labels=val_labels, test_labels=test_labels)
 
 
 def prepare(data_cfg: Any, source: Source | DatasetSource | None = None) -> PreparedData:
@@ -269,12 +333,15 @@ def prepare(data_cfg: Any, source: Source | DatasetSource | None = None) -> Prep
         logger.info("loaded prepared %s from %s (%s windows)", source.label, path, n)
         return cached
 
+    known_values(source, d)  # DataError now, not after decoding, for a label field the source cannot give
     parts, skipped = recordings(source, d)
-    splits, manifest = split_tokens(source, parts, skipped, d)
+    splits, labels, manifest = split_tokens(source, parts, skipped, d)
     manifest["identity"] = source_identity(source, d)
     path.mkdir(parents=True, exist_ok=True)
     for name, tokens in zip(SPLITS, splits, strict=True):
         atomic_write(path / f"{name}.npy", lambda f, tokens=tokens: np.save(f, tokens))
+    for name, ids in zip(SPLITS, labels if label_fields(d) else [], strict=False):
+        atomic_write(path / f"{name}_labels.npy", lambda f, ids=ids: np.save(f, ids))
     atomic_write(path / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     logger.info("prepared %s into %s: %s windows", source.label, path, manifest["windows"])
     prepared = load_prepared(path)

@@ -1,5 +1,6 @@
-"""The recordings of a source, in order, each as (name, load): folder files and zip members, dataset rows, or
-the pieces of the synthetic signal; ``load()`` decodes one (sashimi_jax.audio) when its turn comes.
+"""The recordings of a source, in order, each as (name, load, labels): folder files and zip members, dataset rows,
+or the pieces of the synthetic signal; ``load()`` decodes one (sashimi_jax.audio) when its turn comes, ``labels``
+is its raw labels {field: value or None} ({} without ``data.labels``; sashimi_jax.labels).
 
 A recording's name is its path relative to the source ("dir/1.wav", "clips.zip/1.wav", "train/row7"): it
 names it in the manifest, in the "skipped: ..." lines and in every error sentence. Files that are not read
@@ -22,6 +23,7 @@ from natsort import natsorted, ns
 from tqdm import tqdm
 
 from sashimi_jax.audio import AudioError, load_audio, load_audio_bytes
+from sashimi_jax.labels import folder_labels, label_fields, row_labels, sidecar_files, synthetic_labels
 from sashimi_jax.sources import (
     AUDIO_EXTENSIONS,
     SPLITS,
@@ -31,7 +33,7 @@ from sashimi_jax.sources import (
     file_kind,
     is_hidden,
 )
-from sashimi_jax.synthetic import SYNTHETIC_SEED, SYNTHETIC_SIGNALS
+from sashimi_jax.synthetic import SYNTHETIC_SEED, signal_names, synthetic_files
 
 
 # ---------------------------------------------------------------- folders: files and zip members
@@ -111,21 +113,26 @@ def _load_member(zf: zipfile.ZipFile, item: AudioItem, sample_rate: int) -> np.n
 
 
 def item_loaders(
-    root: Path, items: Sequence[AudioItem], sample_rate: int
-) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
-    """Yield (name, load) for every item, in order; ``load()`` returns float32 (n,) mono audio.
+    root: Path, items: Sequence[AudioItem], sample_rate: int, labels: Callable[[str, str], dict] | None = None
+) -> Iterator[tuple[str, Callable[[], np.ndarray], dict]]:
+    """Yield (name, load, raw labels) for every item, in order; ``load()`` returns float32 (n,) mono audio.
+
+    ``labels(name, file)`` gives an item's raw labels (sashimi_jax.labels.folder_labels); None: {}.
 
     An archive is opened once for all its consecutive items and stays open while their loaders are
     yielded, so call each ``load`` before advancing the iterator.
     """
+    def raw(item: AudioItem) -> dict:
+        return labels(item.name, item.file) if labels else {}
+
     for rel, group in itertools.groupby(items, key=lambda item: item.file):
         if file_kind(rel) == "audio":
             for item in group:
-                yield item.name, lambda path=root / rel, name=item.name: load_audio(path, sample_rate, name=name)
+                yield item.name, lambda path=root / rel, name=item.name: load_audio(path, sample_rate, name=name), raw(item)
             continue
         with zipfile.ZipFile(root / rel) as zf:
             for item in group:
-                yield item.name, lambda item=item: _load_member(zf, item, sample_rate)
+                yield item.name, lambda item=item: _load_member(zf, item, sample_rate), raw(item)
 
 
 # ---------------------------------------------------------------------------- dataset rows
@@ -173,10 +180,14 @@ def row_bytes(cell: Any, name: str, token: str = "") -> bytes:
         raise AudioError(f"{name} could not be read ({err}); check the dataset's files or remove it.") from err
 
 
-def dataset_loaders(source: DatasetSource, split: str, sample_rate: int) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
-    """Yield (name, load) for every row of one split of a dataset source, in its order; ``load()`` decodes it."""
+def dataset_loaders(
+    source: DatasetSource, split: str, sample_rate: int, fields: Sequence[str] = ()
+) -> Iterator[tuple[str, Callable[[], np.ndarray], dict]]:
+    """Yield (name, load, raw labels of ``fields``) for every row of one split of a dataset source, in its
+    order; ``load()`` decodes it."""
+    read = row_labels(source.splits[split].features, list(fields), source.label) if fields else None
     for i, row in enumerate(source.splits[split]):
-        yield row_loader(source, row, split, i, sample_rate)
+        yield *row_loader(source, row, split, i, sample_rate), read(row) if read else {}
 
 
 def row_loader(source: DatasetSource, row: dict, split: str, index: int, sample_rate: int) -> tuple[str, Callable]:
@@ -199,28 +210,63 @@ def row_loader(source: DatasetSource, row: dict, split: str, index: int, sample_
 class Recordings:
     """The recordings of one part of a source, to tokenize in order."""
 
-    loaders: Iterable[tuple[str, Callable[[], np.ndarray]]]  # (name, load) pairs
+    loaders: Iterable[tuple[str, Callable[[], np.ndarray], dict]]  # (name, load, raw labels)
     total: int | None  # how many (None: unknown, a stream)
     split: int | None  # the split they all belong to (a split the dataset defines), or None: split 88/6/6
 
 
+def known_values(source: Source | DatasetSource, data_cfg: Any) -> dict[str, list[str]]:
+    """The vocabularies a source defines before it is read: a dataset's ``ClassLabel`` names, the synthetic
+    signals in ``data.synthetic_signal`` order; {field: names} (fields without one are left out).
+
+    Raises:
+      DataError: a field of ``data.labels`` the source cannot provide.
+    """
+    fields = label_fields(data_cfg)
+    if not fields or isinstance(source, Source) and source.root is not None:
+        return {}
+    if isinstance(source, DatasetSource):
+        read = row_labels(source.splits["train"].features, fields, source.label)
+        return {f: names for f, names in read.names.items() if names}
+    synthetic_labels(fields, signal_names(data_cfg.synthetic_signal))
+    return {"signal": list(dict.fromkeys(signal_names(data_cfg.synthetic_signal)))}
+
+
 def recordings(source: Source | DatasetSource, data_cfg: Any) -> tuple[list[Recordings], list[dict]]:
-    """The source's recordings, per part, and the manifest entries of files skipped before decoding."""
+    """The source's recordings, per part, and the manifest entries of files skipped before decoding
+    (with ``data.labels``, a folder's label sidecars are read, not skipped).
+
+    Raises:
+      DataError: a field of ``data.labels`` the source cannot provide.
+    """
     d = data_cfg
+    fields = label_fields(d)
     if isinstance(source, DatasetSource):
         fixed = len(source.splits) > 1
         parts = [
-            Recordings(dataset_loaders(source, s, d.sample_rate), getattr(ds, "num_rows", None), SPLITS.index(s) if fixed else None)
+            Recordings(
+                dataset_loaders(source, s, d.sample_rate, fields),
+                getattr(ds, "num_rows", None),
+                SPLITS.index(s) if fixed else None,
+            )
             for s, ds in source.splits.items()
         ]
         return parts, []
     if source.root is None:
-        signal = SYNTHETIC_SIGNALS[d.synthetic_signal](d.synthetic_seconds, d.sample_rate, SYNTHETIC_SEED)
-        parts = np.array_split(signal, d.synthetic_files)
-        loaders = ((f"synthetic_{i + 1:03d}", lambda p=p: p) for i, p in enumerate(parts))
-        return [Recordings(loaders, len(parts), None)], []
+        if fields:
+            synthetic_labels(fields, signal_names(d.synthetic_signal))
+        pieces = synthetic_files(d.synthetic_signal, d.synthetic_seconds, d.synthetic_files, d.sample_rate, SYNTHETIC_SEED)
+        loaders = (
+            (f"synthetic_{i + 1:03d}", lambda p=p: p, {"signal": name} if fields else {})
+            for i, (name, p) in enumerate(pieces)
+        )
+        return [Recordings(loaders, len(pieces), None)], []
     items, skipped = list_items(source.root, source.files)
-    return [Recordings(item_loaders(source.root, items, d.sample_rate), len(items), None)], skipped
+    labels = folder_labels(source.root, source.files, fields, source.label) if fields else None
+    if fields:
+        sidecars = set(sidecar_files(source.files))
+        skipped = [e for e in skipped if e["name"] not in sidecars]
+    return [Recordings(item_loaders(source.root, items, d.sample_rate, labels), len(items), None)], skipped
 
 
 def report_skip(entry: dict) -> None:

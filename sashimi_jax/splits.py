@@ -4,6 +4,7 @@ Units (files, else chunks, else windows: :func:`split_units`) are taken in order
 reference does (:func:`split_bounds`), every split getting at least one unit when there are 3 or more; a
 warning names the files when the windows of a split are far from its share (:func:`lopsided_message`). A
 streamed dataset with one split is split the same way by data file, or by recording (:func:`split_stream`).
+With labels, every label value keeps a recording in train (:func:`keep_labels_in_train`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,40 @@ def assign_splits(owners: np.ndarray, train_frac: float, val_frac: float, label:
     if b1 == b2:
         logger.warning("%s yields only %d window(s): all go to train, val and test are empty.", label, len(units))
     return (units >= b1).astype(np.int64) + (units >= b2), kind
+
+
+def keep_labels_in_train(
+    split: np.ndarray, owners: np.ndarray, labels: np.ndarray, entries: list[dict], values: dict[str, list[str]]
+) -> np.ndarray:
+    """The split, int64 (n_windows,), with every label value given a recording in train: for a value none of
+    whose windows is in train, the first recording holding it goes to train whole (so a value with a single
+    recording is in train); a warning names the recordings moved, and the values no usable recording has.
+
+    Args:
+      split: int (n_windows,) split index of every window (0 train); owners: int (n_windows, 2) (entry index,
+        chunk index); labels: int32 (n_windows, n_fields) label ids; entries: the manifest entries, for names;
+      values: ordered {field: vocabulary}.
+    """
+    split, moved, absent = split.copy(), [], []
+    for f, (field, vocab) in enumerate(values.items()):
+        for v, value in enumerate(vocab):
+            has = labels[:, f] == v
+            if not has.any():
+                absent.append(f"{field}={value}")
+            elif not np.any(split[has] == 0):
+                first = int(owners[has][0, 0])
+                split[owners[:, 0] == first] = 0
+                moved.append(f"{entries[first]['name']} ({field}={value})")
+    if moved:
+        logger.warning(
+            "moved %s into train so that every label value has a recording in train.", ", ".join(moved)
+        )
+    if absent:
+        logger.warning(
+            "no usable recording has the label value(s) %s: training never sees them; add recordings or drop them "
+            "from data.label_values.", ", ".join(absent)
+        )
+    return split
 
 
 def lopsided_message(split: np.ndarray, owners: np.ndarray, entries: list[dict], data_cfg: Any, unit: str) -> str | None:

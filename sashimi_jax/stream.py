@@ -13,7 +13,9 @@ The data position saved with every checkpoint (:func:`save_position`) is the dat
 ``state_dict()`` before the row where the current block began, the windows of that row already taken,
 the block index and the windows of the block consumed; a resumed run reads that one block again and
 continues on exactly the windows an uninterrupted run would have seen. Batches are made ahead in a
-background thread (:class:`StreamFeed`), so decoding overlaps the training step.
+background thread (:class:`StreamFeed`), so decoding overlaps the training step. With ``data.labels`` every
+window carries its row's label ids under the vocabularies fixed at preparation (``PreparedData.label_values``);
+a row with a missing or unknown label is named and skipped, or given the null ids (``data.unlabelled``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from sashimi_jax.audio import AudioError, check_audio, file_windows
+from sashimi_jax.labels import Labeller, RowLabels, row_labels
 from sashimi_jax.recordings import report_skip, row_loader
 from sashimi_jax.sources import DataError, DatasetSource
 from sashimi_jax.workdir import write_text_atomic
@@ -52,21 +56,39 @@ def host_split(ds: Any, process: int, processes: int) -> Any:
     return split_dataset_by_node(ds, rank=process, world_size=processes)
 
 
-def row_windows(source: DatasetSource, row: dict, index: int, data_cfg: Any) -> np.ndarray:
-    """The token windows of one streamed row, uint8 (n, sample_len); (0, sample_len) for a bad row (reported)."""
+def row_windows(
+    source: DatasetSource, row: dict, index: int, data_cfg: Any, labelling: tuple[RowLabels, Labeller] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The token windows of one streamed row, uint8 (n, sample_len), and its label ids, int32 (n_fields,);
+    (0, sample_len) windows for a bad row or, when ``labelling`` (how to read and number its labels) says
+    so, a row without a usable label (reported either way)."""
     d = data_cfg
     name, load = row_loader(source, row, "train", index, d.sample_rate)
+    ids, reason = np.zeros(0, np.int32), None
+    if labelling is not None:
+        read, labeller = labelling
+        ids, reason = labeller.ids(read(row), name)
+    none = np.zeros((0, d.sample_len), np.uint8)
+    if ids is None:
+        report_skip({"reason": reason})
+        return none, np.zeros(len(labelling[1].values), np.int32)
     try:
         x = load()
         check_audio(x, name, d.sample_rate, d.min_seconds)
-        return np.concatenate(file_windows(x, name, d))
+        windows = np.concatenate(file_windows(x, name, d))
     except AudioError as err:
         report_skip({"reason": str(err)})
-        return np.zeros((0, d.sample_len), np.uint8)
+        return none, ids
+    if reason:
+        tqdm.write(f"null label: {reason}")
+    return windows, ids
 
 
-def windows_from(source: DatasetSource, ds: Any, position: dict, data_cfg: Any) -> Iterator[tuple[dict, np.ndarray]]:
-    """Yield (cursor, window uint8 (sample_len,)) from ``position`` on, epoch after epoch, forever.
+def windows_from(
+    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, labelling: tuple[RowLabels, Labeller] | None = None
+) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+    """Yield (cursor, window uint8 (sample_len,), label ids int32 (n_fields,)) from ``position`` on, epoch after
+    epoch, forever (``labelling``: see :func:`row_windows`).
 
     The cursor of a window is {"rows": ds.state_dict() before its row (None: the epoch's first row),
     "epoch", "used": its index among the row's windows}: where to restart to read it again.
@@ -83,9 +105,9 @@ def windows_from(source: DatasetSource, ds: Any, position: dict, data_cfg: Any) 
             row = next(rows, None)
             if row is None:
                 break
-            w = row_windows(source, row, index, data_cfg)
+            w, ids = row_windows(source, row, index, data_cfg, labelling)
             for j in range(used, len(w)):
-                yield {"rows": before, "epoch": epoch, "used": j}, w[j]
+                yield {"rows": before, "epoch": epoch, "used": j}, w[j], ids
             found += len(w)
             used = 0
             before = copy.deepcopy(ds.state_dict())
@@ -98,46 +120,55 @@ def windows_from(source: DatasetSource, ds: Any, position: dict, data_cfg: Any) 
 
 
 def batches_from(
-    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, batch_size: int, seed: int
-) -> Iterator[tuple[np.ndarray, dict]]:
-    """Yield (int32 (batch_size, L) targets, the position after them) from ``position`` on.
+    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, batch_size: int, seed: int,
+    labelling: tuple[RowLabels, Labeller] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """Yield (int32 (batch_size, L) targets, their int32 (batch_size, n_fields) label ids, the position after
+    them) from ``position`` on.
 
     Windows are taken in blocks of ``data.shuffle_buffer``, each permuted by (seed, block index).
     """
     size = max(int(data_cfg.shuffle_buffer), 1)
-    windows = windows_from(source, ds, position, data_cfg)
+    windows = windows_from(source, ds, position, data_cfg, labelling)
     block, offset = position["block"], position["offset"]
 
-    def next_block() -> tuple[dict, np.ndarray]:
+    def next_block() -> tuple[dict, np.ndarray, np.ndarray]:
         taken = [next(windows) for _ in range(size)]
         order = np.random.default_rng([seed, block]).permutation(size)
-        return taken[0][0], np.stack([w for _, w in taken])[order]
+        return taken[0][0], np.stack([w for _, w, _ in taken])[order], np.stack([i for _, _, i in taken])[order]
 
-    first, current = next_block()
+    first, current, current_ids = next_block()
     while True:
-        rows = []
+        rows, ids = [], []
         while len(rows) < batch_size:
             if offset == size:
                 block, offset = block + 1, 0
-                first, current = next_block()
+                first, current, current_ids = next_block()
             take = min(batch_size - len(rows), size - offset)
             rows.extend(current[offset : offset + take])
+            ids.extend(current_ids[offset : offset + take])
             offset += take
-        yield np.asarray(rows, np.int32), {**first, "block": block, "offset": offset}
+        labels = np.asarray(ids, np.int32).reshape(batch_size, -1)
+        yield np.asarray(rows, np.int32), labels, {**first, "block": block, "offset": offset}
 
 
 class StreamFeed:
     """This host's training batches from a streamed train split, made ahead in a background thread.
 
-    ``next_batch()`` returns int32 (local_batch, L); ``position()`` is where the batches after the last one
-    returned start (a small JSON-able dict, saved with each checkpoint); ``restore(position)`` before the
-    first ``next_batch()`` continues from a saved one.
+    ``next_labelled()`` returns (int32 (local_batch, L) targets, int32 (local_batch, n_fields) label ids under
+    ``label_values``, the prepared vocabularies; n_fields = 0 without labels), ``next_batch()`` the targets alone;
+    ``position()`` is where the batches after the last one returned start (a small JSON-able dict, saved with
+    each checkpoint); ``restore(position)`` before the first batch continues from a saved one.
     """
 
     def __init__(self, source: DatasetSource, data_cfg: Any, local_batch: int, seed: int, process: int = 0,
-                 processes: int = 1, prefetch: int = 4):
+                 processes: int = 1, prefetch: int = 4, label_values: dict[str, list[str]] | None = None):
         self.source, self.data_cfg, self.local_batch, self.seed = source, data_cfg, local_batch, seed
         self.ds = host_split(source.splits["train"], process, processes)
+        self.labelling = None
+        if label_values:
+            read = row_labels(source.splits["train"].features, list(label_values), source.label)
+            self.labelling = (read, Labeller(dict(label_values), str(data_cfg.unlabelled)))
         self._position = dict(START)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -164,22 +195,29 @@ class StreamFeed:
 
     def _produce(self) -> None:
         try:
-            for item in batches_from(self.source, self.ds, self._position, self.data_cfg, self.local_batch, self.seed):
+            batches = batches_from(
+                self.source, self.ds, self._position, self.data_cfg, self.local_batch, self.seed, self.labelling
+            )
+            for item in batches:
                 if not self._put(item):
                     return
         except BaseException as err:  # handed to the training thread, raised there
-            self._put((err, None))
+            self._put((err, None, None))
 
-    def next_batch(self) -> np.ndarray:
-        """This host's next batch: int32 (local_batch, L) target windows."""
+    def next_labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """This host's next batch: int32 (local_batch, L) target windows, int32 (local_batch, n_fields) label ids."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="stream-feed", daemon=True)
             self._thread.start()
-        batch, position = self._queue.get()
+        batch, labels, position = self._queue.get()
         if isinstance(batch, BaseException):
             raise batch
         self._position = position
-        return batch
+        return batch, labels
+
+    def next_batch(self) -> np.ndarray:
+        """This host's next batch of target windows alone: int32 (local_batch, L)."""
+        return self.next_labelled()[0]
 
     def close(self) -> None:
         """Stop the background thread."""

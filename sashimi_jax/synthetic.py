@@ -1,7 +1,10 @@
 """Synthetic signals for ``data.source = "synthetic"``: deterministic music generated here, no files or network.
 
 ``data.synthetic_signal`` picks one of :data:`SYNTHETIC_SIGNALS`: "band" (:func:`synthetic_music`, melody,
-bass, chords and drums) or "melody" (:func:`synthetic_melody`, one voice a small model learns in minutes).
+bass, chords and drums), "melody" (:func:`synthetic_melody`, one voice a small model learns in minutes), "tune"
+(the melody legato), or "low" / "high" (the melody in a low and a high register, two classes told apart by
+pitch). Several, comma-separated ("low,high"), make a labelled source: file k is signal k % n
+(:func:`synthetic_files`), labelled ``signal=<name>``.
 """
 
 from __future__ import annotations
@@ -92,10 +95,10 @@ def synthetic_music(seconds: float, sample_rate: int = 16000, seed: int = 0) -> 
 
 
 def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0, decay: float = 0.3, harmonics: int = 3,
-                     velocity: float = 0.6) -> np.ndarray:
+                     velocity: float = 0.6, lowest: int = 57) -> np.ndarray:
     """A deterministic one-voice melody: plucked notes of a major scale that a small model learns in minutes.
 
-    A random walk over two octaves of A major (A3 to A5; steps of one or two scale degrees), each note a
+    A random walk over two octaves of a major scale from MIDI note ``lowest`` (A3 to A5 by default; steps of one or two scale degrees), each note a
     quarter or an eighth at 120 bpm with ``harmonics`` harmonics (1/k), an exponential decay of ``decay`` s and a
     random velocity in [velocity, 1]. Clear pitches and no noise: what a short CPU demo can learn to generate as
     audible notes (see configs/demo.py).
@@ -109,7 +112,7 @@ def synthetic_melody(seconds: float, sample_rate: int = 16000, seed: int = 0, de
     degree, t = 7, 0.0
     while t < seconds:
         degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 14))
-        midi = 57 + 12 * (degree // 7) + int(major[degree % 7])
+        midi = lowest + 12 * (degree // 7) + int(major[degree % 7])
         length = float(rng.choice([0.25, 0.5]))
         note = _note(440.0 * 2 ** ((midi - 69) / 12), length, sample_rate, harmonics, decay)
         _add(out, int(t * sample_rate), rng.uniform(velocity, 1.0) * note)
@@ -122,4 +125,37 @@ def synthetic_tune(seconds: float, sample_rate: int = 16000, seed: int = 0) -> n
     return synthetic_melody(seconds, sample_rate, seed, decay=1.0, harmonics=2, velocity=0.9)
 
 
-SYNTHETIC_SIGNALS = {"band": synthetic_music, "melody": synthetic_melody, "tune": synthetic_tune}  # data.synthetic_signal choices
+def synthetic_low(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """:func:`synthetic_melody` in a low register: E2 to E4, fundamentals 82-330 Hz."""
+    return synthetic_melody(seconds, sample_rate, seed, lowest=40)
+
+
+def synthetic_high(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """:func:`synthetic_melody` in a high register: E5 to E7, fundamentals 659-2637 Hz (harmonics over
+    0.45 of the rate are left out)."""
+    return synthetic_melody(seconds, sample_rate, seed, lowest=76)
+
+
+SYNTHETIC_SIGNALS = {  # data.synthetic_signal choices
+    "band": synthetic_music,
+    "melody": synthetic_melody,
+    "tune": synthetic_tune,
+    "low": synthetic_low,
+    "high": synthetic_high,
+}
+
+
+def signal_names(text: str) -> list[str]:
+    """The signals of ``data.synthetic_signal`` ("low,high" -> ["low", "high"])."""
+    return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
+def synthetic_files(signals: str, seconds: float, files: int, sample_rate: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """The synthetic source's files: (signal name, float32 audio) for k = 0 .. files - 1.
+
+    Each signal is generated ``seconds`` long and cut into ``files`` equal parts; file k is part k of signal
+    k % n (one signal: its parts in order, as ever).
+    """
+    names = signal_names(signals)
+    cuts = {n: np.array_split(SYNTHETIC_SIGNALS[n](seconds, sample_rate, seed), files) for n in names}
+    return [(names[k % len(names)], cuts[names[k % len(names)]][k]) for k in range(files)]

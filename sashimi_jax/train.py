@@ -28,6 +28,7 @@ from sashimi_jax import workdir as workdirlib
 from sashimi_jax.batches import batch_at
 from sashimi_jax.config import ConfigError
 from sashimi_jax.damage import restore_intact
+from sashimi_jax.labels import check_same_values, load_label_values, save_label_values
 from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
 from sashimi_jax.listen import Listener, check_listen_config, listening_due
 from sashimi_jax.logs import Meter, RunLog
@@ -160,18 +161,26 @@ def train(
             lock.release()
 
 
-def _prepare_data(cfg: ml_collections.ConfigDict, source) -> tuple[PreparedData, stream.StreamFeed | None]:
+def _prepare_data(cfg: ml_collections.ConfigDict, source, workdir: Path) -> tuple[PreparedData, stream.StreamFeed | None]:
     """The run's data, and with ``data.streaming`` this host's batches and their position (sashimi_jax.stream).
 
-    Raises sources.DataError when the train split cannot give one batch.
+    With labels, their vocabularies are saved as ``<workdir>/labels.json`` (sashimi_jax.labels); a run that has
+    one must prepare the same vocabularies.
+    Raises sources.DataError when the train split cannot give one batch, or the vocabularies differ from the run's.
     """
     t = cfg.train
     prepared = prepare(cfg.data, source)
+    saved = load_label_values(workdir)
+    if saved:
+        check_same_values(saved, prepared.label_values)
+    elif prepared.label_values and jax.process_index() == 0:
+        save_label_values(workdir, prepared.label_values)
     if prepared.stream is None:
         batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
         return prepared, None
     local_batch = int(t.batch_size) // jax.process_count()
-    feed = stream.StreamFeed(prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(), jax.process_count())
+    feed = stream.StreamFeed(prepared.stream, cfg.data, local_batch, int(t.seed), jax.process_index(),
+                             jax.process_count(), label_values=prepared.label_values)
     return prepared, feed
 
 
@@ -183,7 +192,7 @@ def _train_claimed(cfg: ml_collections.ConfigDict, workdir: str, mesh, progress:
     parallel.check_batch_size(int(cfg.train.batch_size), mesh)
     workdir_path = Path(workdir)
 
-    prepared, feed = _prepare_data(cfg, source)
+    prepared, feed = _prepare_data(cfg, source, workdir_path)
     cfg.model.label_sizes = tuple(len(v) for v in prepared.label_values.values())  # () without data.labels
     parts, params = build_model(cfg)
     tx = optim.make_optimizer(cfg.train, parts.groups)
@@ -228,12 +237,16 @@ class _Run:
         self.plateau = plateau_values(parallel.tree_to_host(state["plateau"]))
         self.meter, self.bar, self.last_val = None, None, None
 
-    def batch(self, step: int) -> jax.Array:
-        """The global batch of ``step`` on the mesh (from the prepared windows, or this host's stream)."""
+    def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """The global batch of ``step`` on the mesh (from the prepared windows, or this host's stream):
+        int32 (B, L) targets and int32 (B, n_fields) label ids (n_fields = 0 without labels)."""
         if self.feed is None:
-            targets = batch_at(self.prepared.train, int(self.t.batch_size), int(self.t.seed), step)
-            return parallel.shard_batch(targets, self.mesh)
-        return parallel.shard_local_batch(self.feed.next_batch(), self.mesh)
+            targets, labels = batch_at(
+                self.prepared.train, int(self.t.batch_size), int(self.t.seed), step, labels=self.prepared.train_labels
+            )
+            return parallel.shard_batch(targets, self.mesh), parallel.shard_batch(labels, self.mesh)
+        targets, labels = self.feed.next_labelled()
+        return parallel.shard_local_batch(targets, self.mesh), parallel.shard_local_batch(labels, self.mesh)
 
     def loop(self, start: int, summary: dict, progress: bool, own_log: bool) -> dict:
         """Train from step ``start`` to ``train.num_steps`` (or a stop signal); returns the completed summary."""

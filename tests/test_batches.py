@@ -26,3 +26,15 @@ def test_batches_are_deterministic_and_batch_at_resumes_exactly():
     np.testing.assert_array_equal(unshuffled, tokens[:4])
     with pytest.raises(DataError, match="batch size"):
         batch_at(tokens[:2], 3, 0, 0)
+
+
+def test_batch_at_gives_the_labels_of_the_same_windows():
+    tokens = np.arange(10 * 8, dtype=np.uint8).reshape(10, 8)
+    labels = np.stack([np.arange(10), 100 + np.arange(10)], axis=1)  # window i: labels (i, 100 + i)
+    for step in range(5):
+        targets, ids = batch_at(tokens, 3, 5, step, labels=labels)
+        np.testing.assert_array_equal(targets, batch_at(tokens, 3, 5, step))
+        assert ids.dtype == np.int32 and ids.shape == (3, 2)
+        np.testing.assert_array_equal(ids[:, 0], targets[:, 0] // 8)
+    _, none = batch_at(tokens, 3, 5, 0, labels=np.zeros((10, 0), np.int32))
+    assert none.shape == (3, 0) and none.dtype == np.int32

@@ -109,7 +109,7 @@ def test_streamed_run_killed_and_rerun_is_bit_identical_without_torch(tmp_path, 
     step, straight = params_of(tmp_path / "straight")
     assert step == STEPS
 
-    real = stream.StreamFeed.next_batch
+    real = stream.StreamFeed.next_labelled
     calls = {"n": 0}
 
     def dies_at_step_6(self):
@@ -118,7 +118,7 @@ def test_streamed_run_killed_and_rerun_is_bit_identical_without_torch(tmp_path, 
             raise Died
         return real(self)
 
-    monkeypatch.setattr(stream.StreamFeed, "next_batch", dies_at_step_6)
+    monkeypatch.setattr(stream.StreamFeed, "next_labelled", dies_at_step_6)
     with pytest.raises(Died):
         run(cfg, tmp_path / "killed")
     monkeypatch.undo()

@@ -10,7 +10,7 @@ from sashimi_jax.audio import window_tokens
 from sashimi_jax.mulaw import encode_window
 from sashimi_jax.prepared import prepare
 from sashimi_jax.sources import DataError
-from sashimi_jax.synthetic import synthetic_melody, synthetic_music
+from sashimi_jax.synthetic import synthetic_files, synthetic_high, synthetic_low, synthetic_melody, synthetic_music
 
 
 def generated(signal, seconds: float) -> np.ndarray:
@@ -61,3 +61,18 @@ def test_prepare_synthetic(tmp_path):
     np.testing.assert_array_equal(
         prepared.train[:7], window_tokens(synthetic_music(16.0, SR, 0)[: 2 * SR], 4096)
     )
+
+
+def test_low_and_high_are_two_classes_by_pitch_and_alternate_over_the_files():
+    def centroid(x):  # spectral centroid, Hz
+        spectrum = np.abs(np.fft.rfft(x))
+        return float(np.sum(np.fft.rfftfreq(len(x), 1 / SR) * spectrum) / np.sum(spectrum))
+
+    generated(synthetic_low, 2.0)
+    generated(synthetic_high, 2.0)
+    files = synthetic_files("low,high", 8.0, 4, SR, 0)
+    assert [n for n, _ in files] == ["low", "high", "low", "high"]
+    low, high = [centroid(x) for n, x in files if n == "low"], [centroid(x) for n, x in files if n == "high"]
+    assert max(low) < 500 and min(high) > 800
+    one = synthetic_files("melody", 8.0, 4, SR, 0)  # one signal: its parts in order, as before
+    np.testing.assert_array_equal(np.concatenate([x for _, x in one]), synthetic_melody(8.0, SR, 0))

@@ -319,3 +319,21 @@ def test_unwritable_workdir_fails_before_any_work(env, reference, tmp_path):
         assert res.returncode == 1 and res.stderr.strip().startswith(expect), res.stderr[-2000:]
         assert len(res.stderr.strip().splitlines()) == 1
     assert snapshot(ro) == before
+
+
+def test_labels_saved_with_the_run_and_another_vocabulary_refused(env, tmp_path):
+    from sashimi_jax import train
+
+    labelled = ["data.synthetic_signal=low,high", "data.labels=signal"]
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    prepared, feed = train._prepare_data(tiny_cfg(env, *labelled), None, workdir)
+    assert feed is None and prepared.train_labels.shape == (len(prepared.train), 1)
+    saved = json.loads((workdir / "labels.json").read_text())
+    assert saved == {"fields": ["signal"], "values": {"signal": ["low", "high"]}}
+    train._prepare_data(tiny_cfg(env, *labelled), None, workdir)  # the same vocabulary: a resume goes on
+    with pytest.raises(DataError, match="trained with labels .* data.label_values") as err:
+        train._prepare_data(tiny_cfg(env, *labelled, "data.label_values=signal=high|low"), None, workdir)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="trained with labels"):
+        train._prepare_data(tiny_cfg(env), None, workdir)  # labels gone
