@@ -6,6 +6,7 @@ count, mixed to mono and resampled with soxr), :func:`summary_line` prints one l
 
   seconds               length of the recording.
   voiced_fraction       fraction of frames with a clear pitch (librosa.pyin's voiced flag, 80-2000 Hz).
+  median_pitch_hz       median pyin f0 of the voiced frames (the register; None when no frame is voiced).
   distinct_notes        number of distinct MIDI notes (pyin f0 rounded) held for at least 3 frames (48 ms).
   note_changes          number of changes of note between consecutive held notes.
   longest_note_seconds  the longest run of frames on one MIDI note ("one note held for seconds").
@@ -47,7 +48,7 @@ ONSET_MIN_DB = 1.0  # an onset raises the log-mel spectrum by at least this much
 MIN_RATE = 8000  # Hz: pitch is measured up to 2000 Hz and chroma over 6-7 octaves
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MEASURES = (
-    "seconds", "voiced_fraction", "distinct_notes", "note_changes", "longest_note_seconds", "spectral_flatness",
+    "seconds", "voiced_fraction", "median_pitch_hz", "distinct_notes", "note_changes", "longest_note_seconds", "spectral_flatness",
     "silent_fraction", "clipped_fraction", "repetition", "onsets_per_second", "bits_per_sample",
 )
 
@@ -91,6 +92,11 @@ def check_waveform(x: np.ndarray, sample_rate: int, name: str = "the recording")
 def voiced_fraction(voiced: np.ndarray) -> float:
     """Fraction of frames with a clear pitch: the mean of pyin's voiced flags, bool (frames,)."""
     return float(np.mean(voiced))
+
+
+def median_pitch(f0: np.ndarray, voiced: np.ndarray) -> float | None:
+    """Median f0 (Hz) of the voiced frames, None when none is voiced."""
+    return float(np.median(f0[voiced])) if voiced.any() else None
 
 
 def frame_notes(f0: np.ndarray, voiced: np.ndarray) -> np.ndarray:
@@ -236,6 +242,7 @@ def report(x: np.ndarray, sample_rate: int, bits_per_sample: float | None = None
     return {
         "seconds": _rounded(x.size / sample_rate, 3),
         "voiced_fraction": _rounded(voiced_fraction(voiced), 3),
+        "median_pitch_hz": _rounded(median_pitch(f0, voiced), 1),
         "distinct_notes": distinct_notes(held),
         "note_changes": note_changes(held),
         "longest_note_seconds": _rounded(longest_note_seconds(notes, hop, sample_rate), 3),

@@ -59,6 +59,8 @@ def test_a_pure_tone_is_voiced_one_note_and_not_noise(reports):
     assert r["voiced_fraction"] >= 0.95 and r["distinct_notes"] == 1 and r["note_changes"] == 0
     assert r["spectral_flatness"] < 0.01 and r["silent_fraction"] == 0 and r["clipped_fraction"] == 0
     assert r["longest_note_seconds"] >= 1.9 and r["repetition"] > 0.9 and r["onsets_per_second"] <= 1
+    assert abs(r["median_pitch_hz"] - 440.0) < 5 and abs(reports["held"]["median_pitch_hz"] - 220.0) < 3
+    assert reports["silence"]["median_pitch_hz"] is None
 
 
 def test_white_noise_fails_voiced_and_reads_as_noise(reports):
