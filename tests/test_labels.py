@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import AUDIO, rows, wav_bytes, write
+from conftest import CARD as HUB_CARD
 from conftest import data_config as cfg
 
 from sashimi_jax import stream
@@ -103,13 +104,7 @@ def test_label_values_setting_is_checked(tmp_path):
             fixed_values(cfg(tmp_path, "synthetic", labels="a,b", label_values=bad))
 
 
-CARD = """---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*
-dataset_info:
+CARD = HUB_CARD[: HUB_CARD.index("  - split: validation")] + """dataset_info:
   features:
   - name: audio
     dtype: audio
