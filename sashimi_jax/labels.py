@@ -154,10 +154,11 @@ def sidecar_files(files: Iterable[str]) -> list[str]:
     return [f for f in files if Path(f).name in SIDECARS and f.count("/") <= 1]
 
 
-def folder_labels(root: Path, files: Iterable[str], fields: list[str], label: str) -> Callable[[str, str], dict]:
+def folder_labels(root: Path | None, files: Iterable[str], fields: list[str], label: str) -> Callable[[str, str], dict]:
     """The raw labels of a folder's recordings, as a function (name, file) -> {field: value or None}.
 
-    ``name`` is the recording's path ("jazz/a.wav", "clips.zip/1.wav"), ``file`` the file holding it.
+    ``name`` is the recording's path ("jazz/a.wav", "clips.zip/1.wav"), ``file`` the file holding it; ``files``
+    the folder's files, sidecars included (a remote folder, ``root`` None: [], the field ``label`` alone).
 
     Raises:
       DataError: a field neither a sidecar column nor ``label``, or a bad sidecar.
@@ -166,7 +167,7 @@ def folder_labels(root: Path, files: Iterable[str], fields: list[str], label: st
     rows: dict[str, dict] = {}
     for rel in sidecar_files(files):
         folder = rel.rpartition("/")[0]
-        for row in read_sidecar(root / rel):
+        for row in read_sidecar(Path(root or ".") / rel):
             rows[os.path.normpath(os.path.join(folder, str(row["file_name"]))).replace(os.sep, "/")] = row
     columns = {c for row in rows.values() for c in row if c != "file_name"}
     for field in fields:
@@ -214,7 +215,8 @@ def build_values(fields: list[str], fixed: dict, known: dict, seen: Iterable[dic
             out[field] = list(fixed.get(field) or known[field])
         elif seen is None:
             raise DataError(
-                f"the streamed train split of {label} cannot list the values of {field!r} (not a ClassLabel column); "
+                f"the streamed train split of {label} cannot list the values of {field!r} before reading them (it is "
+                "not a ClassLabel column); "
                 f"set data.label_values='{field}=value1|value2|...'."
             )
         else:

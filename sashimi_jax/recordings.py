@@ -32,6 +32,7 @@ from sashimi_jax.sources import (
     Source,
     file_kind,
     is_hidden,
+    list_files,
 )
 from sashimi_jax.synthetic import SYNTHETIC_SEED, signal_names, synthetic_files
 
@@ -180,14 +181,49 @@ def row_bytes(cell: Any, name: str, token: str = "") -> bytes:
         raise AudioError(f"{name} could not be read ({err}); check the dataset's files or remove it.") from err
 
 
+def holding_file(name: str) -> str:
+    """The file that holds a recording named ``name``: the archive of a member ("a.zip/x/1.wav" -> "a.zip"),
+    else ``name`` itself."""
+    parts = name.split("/")
+    k = next((i for i, p in enumerate(parts[:-1]) if file_kind(p) == "archive"), len(parts) - 1)
+    return "/".join(parts[: k + 1])
+
+
+def reads_folder(source: DatasetSource, fields: Sequence[str]) -> bool:
+    """Whether the labels of a dataset source come from its folder, not its columns: an audio folder read as
+    file paths (sashimi_jax.sources.load_hub) whose columns name none of ``fields``."""
+    import datasets  # deferred: about 1 s, paid by dataset sources only
+
+    features = next(iter(source.splits.values())).features or {}
+    path_column = features.get(source.audio_column) == datasets.Value("string")
+    return path_column and not any(f in features for f in fields)
+
+
+def label_reader(source: DatasetSource, fields: Sequence[str]) -> Callable[[dict, str], dict]:
+    """How to read the raw labels of a row of ``source`` named ``name``: ``read(row, name)`` -> {field: value or
+    None}, from the row's columns (sashimi_jax.labels.row_labels) or, for an audio folder read as paths, from
+    the folder's sidecars and sub-folders (sashimi_jax.labels.folder_labels; a remote folder: sub-folders only).
+
+    Raises:
+      DataError: a field the source cannot provide.
+    """
+    if reads_folder(source, fields):
+        root = Path(source.root) if source.root else None
+        of = folder_labels(root, list_files(root) if root else [], list(fields), source.label)
+        return lambda row, name: of(name, holding_file(name))
+    read = row_labels(next(iter(source.splits.values())).features, list(fields), source.label)
+    return lambda row, name: read(row)
+
+
 def dataset_loaders(
     source: DatasetSource, split: str, sample_rate: int, fields: Sequence[str] = ()
 ) -> Iterator[tuple[str, Callable[[], np.ndarray], dict]]:
     """Yield (name, load, raw labels of ``fields``) for every row of one split of a dataset source, in its
     order; ``load()`` decodes it."""
-    read = row_labels(source.splits[split].features, list(fields), source.label) if fields else None
+    read = label_reader(source, fields) if fields else None
     for i, row in enumerate(source.splits[split]):
-        yield *row_loader(source, row, split, i, sample_rate), read(row) if read else {}
+        name, load = row_loader(source, row, split, i, sample_rate)
+        yield name, load, read(row, name) if read else {}
 
 
 def row_loader(source: DatasetSource, row: dict, split: str, index: int, sample_rate: int) -> tuple[str, Callable]:
@@ -226,7 +262,10 @@ def known_values(source: Source | DatasetSource, data_cfg: Any) -> dict[str, lis
     if not fields or isinstance(source, Source) and source.root is not None:
         return {}
     if isinstance(source, DatasetSource):
-        read = row_labels(source.splits["train"].features, fields, source.label)
+        if reads_folder(source, fields):
+            label_reader(source, fields)  # DataError now for a field the folder cannot give
+            return {}
+        read = row_labels(next(iter(source.splits.values())).features, fields, source.label)
         return {f: names for f, names in read.names.items() if names}
     synthetic_labels(fields, signal_names(data_cfg.synthetic_signal))
     return {"signal": list(dict.fromkeys(signal_names(data_cfg.synthetic_signal)))}

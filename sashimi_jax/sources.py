@@ -276,6 +276,12 @@ def audio_column(features: Any, label: str) -> str:
     return "audio" if "audio" in found else found[0]
 
 
+def has_sidecar(data_files: Any) -> bool:
+    """Whether an audio folder's data files ({split: [paths]}) hold an audiofolder metadata sidecar."""
+    names = [Path(str(f)).name for files in (data_files or {}).values() for f in files]
+    return any(n.startswith("metadata.") and Path(n).suffix in (".csv", ".jsonl", ".parquet") for n in names)
+
+
 def load_hub(data_cfg: Any) -> DatasetSource:
     """Open ``data.source = "hf:..."`` with ``datasets``: every split to read, audio undecoded.
 
@@ -298,6 +304,8 @@ def load_hub(data_cfg: Any) -> DatasetSource:
     extra: dict[str, Any] = {}
     if isinstance(builder, FolderBasedBuilder):  # plain audio files / zip archives: read them as paths
         extra = {"features": datasets.Features({"audio": datasets.Value("string")}), "drop_labels": True}
+        if has_sidecar(builder.config.data_files):  # its columns would empty the paths: labels reads it itself
+            extra["drop_metadata"] = True
     names = list(builder.config.data_files or builder.info.splits or ["train"])
     splits = {
         ours: _open(datasets.load_dataset, kwargs, split=name, streaming=bool(d.streaming), **extra)

@@ -26,7 +26,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,12 @@ import numpy as np
 from tqdm import tqdm
 
 from sashimi_jax.audio import AudioError, check_audio, file_windows
-from sashimi_jax.labels import Labeller, RowLabels, row_labels
-from sashimi_jax.recordings import report_skip, row_loader
+from sashimi_jax.labels import Labeller
+from sashimi_jax.recordings import label_reader, report_skip, row_loader
 from sashimi_jax.sources import DataError, DatasetSource
 from sashimi_jax.workdir import write_text_atomic
 
+Labelling = tuple[Callable[[dict, str], dict], Labeller]  # how to read a row's raw labels (row, name), and number them
 POSITION_DIR = "data_position"  # <workdir>/data_position/<step>.p<process>.json, one per checkpoint
 START = {"rows": None, "epoch": 0, "used": 0, "block": 0, "offset": 0}  # the position of a new run
 
@@ -57,7 +58,7 @@ def host_split(ds: Any, process: int, processes: int) -> Any:
 
 
 def row_windows(
-    source: DatasetSource, row: dict, index: int, data_cfg: Any, labelling: tuple[RowLabels, Labeller] | None = None
+    source: DatasetSource, row: dict, index: int, data_cfg: Any, labelling: Labelling | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The token windows of one streamed row, uint8 (n, sample_len), and its label ids, int32 (n_fields,);
     (0, sample_len) windows for a bad row or, when ``labelling`` (how to read and number its labels) says
@@ -67,7 +68,7 @@ def row_windows(
     ids, reason = np.zeros(0, np.int32), None
     if labelling is not None:
         read, labeller = labelling
-        ids, reason = labeller.ids(read(row), name)
+        ids, reason = labeller.ids(read(row, name), name)
     none = np.zeros((0, d.sample_len), np.uint8)
     if ids is None:
         report_skip({"reason": reason})
@@ -85,7 +86,7 @@ def row_windows(
 
 
 def windows_from(
-    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, labelling: tuple[RowLabels, Labeller] | None = None
+    source: DatasetSource, ds: Any, position: dict, data_cfg: Any, labelling: Labelling | None = None
 ) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """Yield (cursor, window uint8 (sample_len,), label ids int32 (n_fields,)) from ``position`` on, epoch after
     epoch, forever (``labelling``: see :func:`row_windows`).
@@ -121,7 +122,7 @@ def windows_from(
 
 def batches_from(
     source: DatasetSource, ds: Any, position: dict, data_cfg: Any, batch_size: int, seed: int,
-    labelling: tuple[RowLabels, Labeller] | None = None,
+    labelling: Labelling | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
     """Yield (int32 (batch_size, L) targets, their int32 (batch_size, n_fields) label ids, the position after
     them) from ``position`` on.
@@ -167,7 +168,7 @@ class StreamFeed:
         self.ds = host_split(source.splits["train"], process, processes)
         self.labelling = None
         if label_values:
-            read = row_labels(source.splits["train"].features, list(label_values), source.label)
+            read = label_reader(source, list(label_values))
             self.labelling = (read, Labeller(dict(label_values), str(data_cfg.unlabelled)))
         self._position = dict(START)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)

@@ -159,3 +159,16 @@ def synthetic_files(signals: str, seconds: float, files: int, sample_rate: int, 
     names = signal_names(signals)
     cuts = {n: np.array_split(SYNTHETIC_SIGNALS[n](seconds, sample_rate, seed), files) for n in names}
     return [(names[k % len(names)], cuts[names[k % len(names)]][k]) for k in range(files)]
+
+
+def synthetic_piece(signals: str, seconds: float, sample_rate: int, seed: int, signal: str | None = None) -> np.ndarray:
+    """One piece of a (maybe several-signal) ``data.synthetic_signal``: ``signal`` (one of them), else the first;
+    float32 (round(seconds * sample_rate),). For a prompt: ``seed`` = HELD_BACK_SEED, never trained on.
+
+    Raises:
+      KeyError: ``signal`` is not one of ``signals``.
+    """
+    names = signal_names(signals)
+    if signal is not None and signal not in names:
+        raise KeyError(f"{signal!r} is not one of data.synthetic_signal={signals!r}")
+    return SYNTHETIC_SIGNALS[signal or names[0]](seconds, sample_rate, seed)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import AUDIO, rows, wav_bytes, write
+from conftest import CARD as HUB_CARD
 from conftest import data_config as cfg
 
 from sashimi_jax import stream
@@ -95,6 +96,28 @@ def test_sidecars_csv_at_the_root_and_jsonl_in_a_sub_folder(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_hub_audio_folder_labels_from_sub_folders_and_its_sidecar(tmp_path, genre_dir):
+    (genre_dir / "metadata.csv").write_text("file_name,mood\njazz/0.wav,calm\npiano/1.wav,loud\n")
+    plain = prepare(cfg(tmp_path, f"hf:{genre_dir}"))  # the sidecar no longer empties the audio paths
+    assert "jazz/0.wav" in names_of(plain) and plain.label_values == {}
+    prepared = prepare(cfg(tmp_path, f"hf:{genre_dir}", labels="label,mood", unlabelled="null"))
+    assert prepared.label_values == {"label": ["jazz", "piano"], "mood": ["calm", "loud"]}
+    entries = {e["name"]: e for e in prepared.manifest["files"]}
+    assert entries["jazz/0.wav"]["labels"] == {"label": "jazz", "mood": "calm"}
+    assert entries["loose.wav"]["labels"] == {"label": None, "mood": None}
+    check_aligned(prepared)
+    d = cfg(tmp_path, f"hf:{genre_dir}", labels="label", label_values="label=jazz|piano", streaming=True,
+            shuffle_buffer=2)
+    streamed = prepare(d)
+    feed = stream.StreamFeed(streamed.stream, d, 2, seed=0, label_values=streamed.label_values)
+    try:
+        _, ids = feed.next_labelled()
+    finally:
+        feed.close()
+    assert ids.shape == (2, 1) and set(ids.ravel()) <= {0, 1}
+
+
 def test_label_values_setting_is_checked(tmp_path):
     d = cfg(tmp_path, "synthetic", labels="a,b", label_values="a=x|y; b=1|2|3")
     assert fixed_values(d) == {"a": ["x", "y"], "b": ["1", "2", "3"]}
@@ -103,13 +126,7 @@ def test_label_values_setting_is_checked(tmp_path):
             fixed_values(cfg(tmp_path, "synthetic", labels="a,b", label_values=bad))
 
 
-CARD = """---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*
-dataset_info:
+CARD = HUB_CARD[: HUB_CARD.index("  - split: validation")] + """dataset_info:
   features:
   - name: audio
     dtype: audio

@@ -144,6 +144,24 @@ def test_streamed_run_killed_and_rerun_is_bit_identical_without_torch(tmp_path, 
     assert "torch" not in sys.modules and "torchcodec" not in sys.modules
 
 
+def test_streamed_run_reads_labelled_batches(tmp_path, hub_dir, xla_cache, monkeypatch):
+    labelled = ["data.labels=label", "data.label_values=label=0|1", "train.num_steps=2"]
+    cfg = load_config(REPO / "configs" / "demo.py", [*TINY, f"data.source=hf:{hub_dir}", f"data.cache_dir={tmp_path}/c", *labelled])
+    seen = []
+    real = train._Run.batch
+
+    def spy(self, step):
+        targets, labels = real(self, step)
+        seen.append((targets.shape, np.asarray(labels)))
+        return targets, labels
+
+    monkeypatch.setattr(train._Run, "batch", spy)
+    run(cfg, tmp_path / "w")
+    assert len(seen) == 2 and all(labels.dtype == np.int32 and labels.shape == (shape[0], 1) for shape, labels in seen)
+    assert set(np.concatenate([labels for _, labels in seen]).ravel()) <= {0, 1}
+    assert json.loads((tmp_path / "w" / "labels.json").read_text())["values"] == {"label": ["0", "1"]}
+
+
 HOST = """
 import json, sys
 from sashimi_jax import parallel

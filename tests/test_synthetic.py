@@ -10,7 +10,7 @@ from sashimi_jax.audio import window_tokens
 from sashimi_jax.mulaw import encode_window
 from sashimi_jax.prepared import prepare
 from sashimi_jax.sources import DataError
-from sashimi_jax.synthetic import synthetic_files, synthetic_high, synthetic_low, synthetic_melody, synthetic_music
+from sashimi_jax.synthetic import synthetic_files, synthetic_high, synthetic_piece, synthetic_low, synthetic_melody, synthetic_music
 
 
 def generated(signal, seconds: float) -> np.ndarray:
@@ -76,3 +76,7 @@ def test_low_and_high_are_two_classes_by_pitch_and_alternate_over_the_files():
     assert max(low) < 500 and min(high) > 800
     one = synthetic_files("melody", 8.0, 4, SR, 0)  # one signal: its parts in order, as before
     np.testing.assert_array_equal(np.concatenate([x for _, x in one]), synthetic_melody(8.0, SR, 0))
+    np.testing.assert_array_equal(synthetic_piece("low,high", 1.0, SR, 1, "high"), synthetic_high(1.0, SR, 1))
+    np.testing.assert_array_equal(synthetic_piece("low,high", 1.0, SR, 1), synthetic_low(1.0, SR, 1))
+    with pytest.raises(KeyError, match="'band' is not one of"):
+        synthetic_piece("low,high", 1.0, SR, 1, "band")
