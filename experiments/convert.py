@@ -16,7 +16,6 @@ with it, the checkpoint must fit the config's model section. Exit status 1 for a
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import flags
 

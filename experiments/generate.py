@@ -95,6 +95,7 @@ def main(args: scripts.Parsed):
     except (genlib.GenerateError, checkpoint.WorkdirError, audio.AudioError) as err:
         scripts.fail(str(err))
     keys = ("files", "samples_per_second_per_stream", "prefill_seconds", "bits_per_sample")
+    keys += ("labels", "guidance") if summary["labels"] else ()
     print(json.dumps({k: summary[k] for k in keys}, indent=1))
     if "ranking" in summary:
         print(json.dumps(summary["ranking"], indent=1))

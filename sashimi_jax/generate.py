@@ -49,7 +49,7 @@ from sashimi_jax.generate_request import (
 )
 from sashimi_jax.params import load_run_config, restore_model
 from sashimi_jax.sampling import check_sampling
-from sashimi_jax.synthetic import HELD_BACK_SEED, SYNTHETIC_SIGNALS
+from sashimi_jax.synthetic import HELD_BACK_SEED, synthetic_piece
 from sashimi_jax.workdir import Footprint, WorkdirError, ensure_writable
 
 
@@ -62,7 +62,7 @@ def encode_prompt(req: Request, cfg, total: int) -> np.ndarray | None:
         return None
     rate, bits = int(cfg.data.sample_rate), int(cfg.data.bits)
     if req.prompt == SYNTHETIC_PROMPT:  # a piece of the run's kind of synthetic signal it never trained on
-        x = SYNTHETIC_SIGNALS[cfg.data.synthetic_signal](req.prompt_seconds, rate, HELD_BACK_SEED)
+        x = synthetic_piece(cfg.data.synthetic_signal, req.prompt_seconds, rate, HELD_BACK_SEED)  # the first of several
         prompt = audio.encode_waveform(x, "the synthetic prompt", rate, bits)
     else:
         prompt = audio.encode_prompt(req.prompt, rate, req.prompt_seconds, bits=bits)

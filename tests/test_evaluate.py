@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
-from tiny_run import EVAL_CLI, run_cli, tiny_cfg
+from flax import nnx
+from tiny_run import CPU, EVAL_CLI, make_run, overrides, run_cli, tiny_cfg
 
 from sashimi_jax import checkpoint as ckpt
-from sashimi_jax import prepared
+from sashimi_jax import parallel, prepared
+from sashimi_jax.evaluate import evaluate_run, evaluate_tokens, make_eval_step
+from sashimi_jax.params import restore_model
+
+LABELLED = ["data.synthetic_signal=low,high", "data.labels=signal", "model.label_sizes=(2,)"]
 
 
 def test_evaluate_cli_writes_metric_table(env, reference, tmp_path):
@@ -52,3 +58,25 @@ def test_evaluation_loads_no_training_module(env, reference):
     loaded = json.loads(res.stdout.strip().splitlines()[-1])
     assert loaded["step"] > 0 and "sashimi_jax.params" in loaded["modules"]
     assert not [m for m in TRAINING_MODULES if f"sashimi_jax.{m}" in loaded["modules"]], loaded["modules"]
+
+
+def test_a_conditional_run_reports_how_much_it_uses_its_labels(env, tmp_path):
+    """evaluate_run of a labelled run: its vocabulary, the loss with the null labels and with the best wrong label;
+    with two values the wrong label is the other one, so loss_wrong_label is the loss of the swapped labels."""
+    workdir = make_run(tmp_path / "w", overrides(env, *LABELLED), {"signal": ["low", "high"]})
+    mesh = parallel.make_mesh(CPU[:1])
+    result = evaluate_run(workdir, "train", mesh=mesh, write=False)  # the split holding both values
+    assert result["labels"] == {"signal": ["low", "high"]} and result["windows"] > 2
+    model, cfg, _ = restore_model(workdir, "best", mesh)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    step = make_eval_step(graphdef, nnx.to_pure_dict(rest), int(cfg.data.bits), mesh)
+    data = prepared.prepare(cfg.data)
+    assert set(data.train_labels[:, 0].tolist()) == {0, 1}
+
+    def loss(labels):
+        return evaluate_tokens(step, nnx.to_pure_dict(params), data.train, 4, mesh, labels=labels)["loss"]
+
+    assert result["loss"] == pytest.approx(loss(data.train_labels), rel=1e-6)
+    assert result["loss_wrong_label"] == pytest.approx(loss(1 - data.train_labels), rel=1e-5)
+    assert result["loss_null_label"] == pytest.approx(loss(np.full_like(data.train_labels, 2)), rel=1e-6)
+    assert len({result["loss"], result["loss_wrong_label"], result["loss_null_label"]}) == 3  # the labels matter

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import shifted, teacher_forced
-from flax import nnx
 from reference import assert_same_state
 
 from sashimi_jax import frames

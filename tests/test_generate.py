@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import DEMO, REPO, TINY
-from tiny_run import damage, latest_steps, snapshot
+from tiny_run import damage, latest_steps, make_run, snapshot
 
-from sashimi_jax import audio, generate, load_config, mulaw, optim, train_step
-from sashimi_jax import checkpoint as ckpt
+from sashimi_jax import audio, generate, load_config, mulaw
 from sashimi_jax.synthetic import HELD_BACK_SEED, SYNTHETIC_SEED, synthetic_melody
 from sashimi_jax.workdir import WorkdirError
 
@@ -43,20 +42,15 @@ def compile_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A training run directory in the layout of experiments/train.py (config.json + one orbax checkpoint)
-    holding the tiny model's initial parameters: what generation needs, without training."""
-    root = tmp_path_factory.mktemp("gen")
-    workdir = root / "runs" / "tiny"
-    workdir.mkdir(parents=True)
-    cfg = load_config(DEMO, TINY)
-    parts, params = train_step.build_model(cfg)
-    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.groups))
-    ckpt.write_config(workdir, cfg)
-    manager = ckpt.open_manager(workdir)
-    ckpt.save(manager, 1, state, val_loss=5.0)
-    manager.wait_until_finished()
-    manager.close()
-    return workdir
+    """The tiny model's run (:func:`make_run`)."""
+    return make_run(tmp_path_factory.mktemp("gen") / "runs" / "tiny", TINY)
+
+
+@pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory) -> Path:
+    """The tiny model conditioned on the synthetic low/high registers (:func:`make_run`)."""
+    labelled = ["data.synthetic_signal=low,high", "data.labels=signal", "model.label_sizes=(2,)"]
+    return make_run(tmp_path_factory.mktemp("gen") / "labelled", [*TINY, *labelled], {"signal": ["low", "high"]})
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -181,3 +175,20 @@ def test_synthetic_prompt_is_a_piece_the_run_never_trained_on():
     held, trained = (synthetic_melody(0.25, 16000, s) for s in (HELD_BACK_SEED, SYNTHETIC_SEED))
     np.testing.assert_array_equal(tokens, mulaw.encode_window(held))
     assert not np.array_equal(tokens, mulaw.encode_window(trained))
+
+
+def test_cli_generates_each_label_with_guidance(labelled_dir, run_dir, tmp_path):
+    """--label values spread over the streams, classifier-free guidance, a synthetic prompt of a labelled run;
+    a label the run does not know, and labels for a run without them, exit 2 naming what is valid."""
+    flags = ["--seconds=0.1", "--noreport", "--nospectrogram", "--num_samples=3", "--guidance=2", "--prompt=synthetic",
+             "--prompt_seconds=0.02"]
+    res = cli(f"--workdir={labelled_dir}", f"--out={tmp_path / 'o'}", "--label=signal=low", "--label=signal=high", *flags)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["labels"] == [{"signal": "low"}, {"signal": "high"}, {"signal": "low"}] and summary["guidance"] == 2.0
+    assert all(sf.info(f).frames == 1600 for f in summary["files"])
+    assert "labels signal=low | signal=high, guidance 2" in res.stdout + res.stderr
+    bad = cli(f"--workdir={labelled_dir}", f"--out={tmp_path / 'b'}", "--label=signal=mid", *flags)
+    assert bad.returncode == 2 and "valid: low, high" in bad.stderr and not (tmp_path / "b").exists()
+    plain = cli(f"--workdir={run_dir}", f"--out={tmp_path / 'p'}", "--label=signal=low", *flags)
+    assert plain.returncode == 2 and "trained without labels" in plain.stderr

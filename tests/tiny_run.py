@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from sashimi_jax import checkpoint as ckpt
-from sashimi_jax import load_config, parallel, train
+from sashimi_jax import labels, load_config, optim, parallel, train, train_step
 from sashimi_jax.params import restore_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +114,24 @@ def run_train(cfg, workdir) -> dict:
     """train.train in this process, on one CPU device (the same device the CLI subprocesses use)."""
     with jax.default_device(CPU[0]):
         return train.train(cfg, str(workdir), mesh=parallel.make_mesh(CPU[:1]), progress=False)
+
+
+def make_run(workdir: Path, overrides: list[str], label_values: dict | None = None) -> Path:
+    """A training run directory in the layout of experiments/train.py (config.json + one orbax checkpoint, and
+    labels.json for a conditional run) holding the tiny model's initial parameters: what generation needs,
+    without training."""
+    workdir.mkdir(parents=True)
+    cfg = load_config(DEMO, overrides)
+    parts, params = train_step.build_model(cfg)
+    state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.groups))
+    ckpt.write_config(workdir, cfg)
+    if label_values:
+        labels.save_label_values(workdir, label_values)
+    manager = ckpt.open_manager(workdir)
+    ckpt.save(manager, 1, state, val_loss=5.0)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
 
 
 def load_params(workdir, which="latest") -> tuple[int, dict[str, np.ndarray]]:
