@@ -5,7 +5,8 @@
 
 Restores the best checkpoint by validation loss (``--which latest``: the newest), scores every window of the
 split with the run's saved config, prints the JSON and writes it to ``<workdir>/eval_<split>.json``:
-loss (nats/sample), bpb (bits/sample), accuracy, accuracy@3, accuracy@5, accuracy@10.
+loss (nats/sample), bpb (bits/sample), accuracy, accuracy@3, accuracy@5, accuracy@10; for a run trained with
+labels also its vocabulary (labels), loss_null_label and loss_wrong_label (sashimi_jax.evaluate_labels).
 
 With ``--samples DIR`` (a folder of audio, searched recursively, or one file) it reports every file instead:
 the sample report (sashimi_jax.report: voiced fraction, notes, spectral flatness, ...) of its first
