@@ -1,6 +1,6 @@
 """Does a label-conditioned SaShiMi generate what it is asked for? Train, evaluate and generate per label, as JSON.
 
-  python benchmarks/labels_demo.py [--seeds 0,1,2] [--steps 400] [--per_label 4] [--guidance 0,1,2] [--out F]
+  python benchmarks/labels_demo.py [--seeds 0,1,2] [--steps 400] [--per_label 4] [--guidance 0,1,2] [--set K=V] [--out F]
 
 For each training seed, with ``configs/demo_labels.py`` (the melody in a low and a high register, labelled
 ``signal=low`` / ``signal=high``): train (``experiments/train.py``), evaluate the test split
@@ -79,7 +79,7 @@ def generate_case(workdir: Path, w: float, per_label: int, signals: list[str], c
 
 def run_seed(seed: int, args, root: Path, classes: dict) -> dict:
     """Train, evaluate and generate for one training seed."""
-    workdir, extra = root / f"seed_{seed}", (QUICK if args.quick else [])
+    workdir, extra = root / f"seed_{seed}", [*(QUICK if args.quick else []), *(f"--config.{kv}" for kv in args.set)]
     t0 = time.time()
     trained, text = script("train", f"--config={CONFIG}", f"--workdir={workdir}", f"--config.train.seed={seed}",
                            f"--config.train.num_steps={args.steps}", "--config.train.sample_every=0", "--compile_cache=", *extra)
@@ -96,7 +96,7 @@ def run_seed(seed: int, args, root: Path, classes: dict) -> dict:
 
 
 def main() -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, overrides=True)
     p.add_argument("--seeds", default="0,1,2", help="training seeds")
     p.add_argument("--steps", type=int, default=400, help="training steps (the demo's 400)")
     p.add_argument("--per_label", type=int, default=4, help="samples generated per label and guidance weight")
@@ -114,7 +114,7 @@ def main() -> None:
     by_w = {f"{w:g}": [c["follow"] for r in runs for c in r.get("generate", []) if c["guidance"] == w and "follow" in c]
             for w in args.guidance}
     emit({
-        "config": "demo_labels", "steps": args.steps, "per_label": args.per_label, "class_pitch_hz": classes,
+        "config": "demo_labels", "overrides": args.set, "steps": args.steps, "per_label": args.per_label, "class_pitch_hz": classes,
         "follow_mean": {w: (float(np.mean(v)) if v else None) for w, v in by_w.items()},
         "follow_min": {w: (float(np.min(v)) if v else None) for w, v in by_w.items()},
         "null_minus_true_nats": [r["loss_null_label"] - r["loss"] for r in runs if "loss" in r],
