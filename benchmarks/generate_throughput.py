@@ -3,7 +3,7 @@
   python benchmarks/generate_throughput.py [--configs bigband_2layer,bigband_8layer] [--batches 1,16,64]
                                            [--samples 8192] [--repeats 3] [--prompt_seconds 8]
                                            [--temp 1.0] [--top_p 1.0] [--top_k 0] [--cpu_devices N]
-                                           [--out FILE]
+                                           [--labels N] [--guidance W] [--out FILE]
 
 For every (config, batch) case, in a fresh subprocess (separate memory), with random initial weights:
 
@@ -16,6 +16,8 @@ For every (config, batch) case, in a fresh subprocess (separate memory), with ra
 * ``prefill_s``: taking in a ``--prompt_seconds`` prompt (shared by the batch) in parallel mode
   (``Generator.start``), after its compilation (``prefill_compile_s``, compile + first run).
 
+``--labels N`` measures the model conditioned on one label field of N values (stream k asks for value k mod N),
+``--guidance W`` with classifier-free guidance (each stream's conditional and null-label rows in one batch).
 The machine's load average is recorded too: the 2 CPU cores here are shared, so rates move with it.
 Reference PyTorch generation on the same kind of machine (REFERENCE.md, dense step): 633 / 230 samples/s
 (2- / 8-layer) at batch 1, 4,413 / 1,277 aggregate at batch 16.
@@ -51,16 +53,17 @@ RATE = 16000
 
 def run_case(
     config: str, batch: int, samples: int, repeats: int, prompt_seconds: float, sampling: list, reps: int,
-    cpu_devices: int,
+    cpu_devices: int, labels: int = 0,
 ) -> dict:
     """Measure one (config, batch) case in this process, split over ``cpu_devices`` CPU devices (0: one per core)."""
     runtime.cpu_devices(cpu_devices or None)  # as experiments/generate.py: a CPU device per core
-    cfg = load_config(harness.config_file(config))
+    cfg = load_config(harness.config_file(config), [f"model.label_sizes=({labels},)"] if labels else [])
     model = SaShiMi(cfg.model, rngs=nnx.Rngs(0))
     rules = check_sampling(*sampling)
     gen = generator.Generator(model, rules, samples_per_call=samples, centre_steps=reps)
     frames = gen.max_frames
-    carry = gen.start(batch)
+    stream_labels = (np.arange(batch) % labels)[:, None] if labels else None
+    carry = gen.start(batch, labels=stream_labels)
     key = jax.random.key(0)
     fn, consts, place = gen.program(batch)  # the batch split over the devices that divide it
     args = place((carry.state, carry.known, carry.n_known, jnp.asarray(frames, jnp.int32), key))
@@ -89,6 +92,7 @@ def run_case(
         "median_aggregate_samples_per_s": round(median * batch, 1),
         "real_time_factor": round(best / RATE, 3),
         "sampling": rules._asdict(),
+        "labels": labels,
         "frame_samples": gen.frame,
         "devices": f"{len(args[1].devices())} x {gen.devices[0].device_kind}",  # args[1]: known, (B, F)
     }
@@ -99,10 +103,10 @@ def run_case(
     if prompt_seconds > 0:
         prompt = np.random.default_rng(0).integers(0, 256, int(prompt_seconds * RATE), dtype=np.int32)
         t0 = time.perf_counter()
-        jax.block_until_ready(gen.start(batch, prompt))
+        jax.block_until_ready(gen.start(batch, prompt, stream_labels))
         result["prefill_compile_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        jax.block_until_ready(gen.start(batch, prompt))
+        jax.block_until_ready(gen.start(batch, prompt, stream_labels))
         result["prefill_s"] = round(time.perf_counter() - t0, 3)
         result["prompt_seconds"] = prompt_seconds
     result["load_average"] = harness.load_average()
@@ -120,7 +124,11 @@ def main() -> None:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--reps", type=int, default=0, help="centre steps per compiled frame (0 = the library default)")
     p.add_argument("--cpu_devices", type=int, default=0, help="CPU devices to split a batch over (0 = one per core)")
+    p.add_argument("--labels", type=int, default=0, help="a conditional model: one label field of this many values (0 = none)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
     a = p.parse_args()
+    if a.guidance != 1.0 and not a.labels:
+        p.error("--guidance needs --labels N (a conditional model)")
     if harness.worker(a, run_case):
         return
     results = []
@@ -128,8 +136,8 @@ def main() -> None:
         for batch in (int(b) for b in harness.names(a.batches)):
             case = {
                 "config": config, "batch": batch, "samples": a.samples if batch <= 16 else max(a.samples // 4, 1024),
-                "repeats": a.repeats, "prompt_seconds": a.prompt_seconds, "sampling": [a.temp, a.top_p, a.top_k],
-                "reps": a.reps or DEFAULT_CENTRE_STEPS, "cpu_devices": a.cpu_devices,
+                "repeats": a.repeats, "prompt_seconds": a.prompt_seconds, "sampling": [a.temp, a.top_p, a.top_k, a.guidance],
+                "reps": a.reps or DEFAULT_CENTRE_STEPS, "cpu_devices": a.cpu_devices, "labels": a.labels,
             }
             results.append(harness.in_worker(__file__, case, {"config": config, "batch": batch}))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)

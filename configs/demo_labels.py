@@ -27,4 +27,5 @@ def get_config():
     c.data.labels = "signal"  # each file labelled with its signal's name
     c.train.label_dropout = 0.1  # one window in ten trains the unconditional model (classifier-free guidance)
     c.sample.num_samples = 2  # generate.py --label signal=low --label signal=high: one of each
+    c.train.sample_count = 2  # listening while training: one stream per label (low, high)
     return c

@@ -110,7 +110,9 @@ class Listener:
             self.gen = Generator(model, self.sampling, samples_per_call=per_call)
         else:
             self.gen.set_model(model)
-        carry = self.gen.start(int(self.cfg.train.sample_count))
+        count, sizes = int(self.cfg.train.sample_count), model.label_sizes
+        labels = (np.arange(count)[:, None] % np.asarray(sizes)[None]).astype(np.int32) if sizes else None
+        carry = self.gen.start(count, labels=labels)  # a conditional run: stream i plays value i mod V_f of each field
         calls = []
         for toks, carry in self.gen.stream(carry, self.total, int(self.cfg.train.seed)):
             calls.append(toks)
