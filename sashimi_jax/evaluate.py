@@ -28,11 +28,10 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from sashimi_jax import labels as labelslib
 from sashimi_jax import metrics as metlib
 from sashimi_jax import parallel
-from sashimi_jax.evaluate_labels import make_window_loss, wrong_label_loss
 from sashimi_jax import workdir as workdirlib
+from sashimi_jax.evaluate_labels import make_window_loss, wrong_label_loss
 from sashimi_jax.batches import eval_batches
 from sashimi_jax.config import ConfigError
 from sashimi_jax.mulaw import shift_inputs
@@ -152,7 +151,7 @@ def evaluate_run(
     }
     if sizes:  # how much the model uses its labels (sashimi_jax.evaluate_labels)
         null = np.broadcast_to(np.asarray(sizes, np.int32), labels.shape)
-        result["labels"] = labelslib.load_label_values(workdir)
+        result["labels"] = workdirlib.load_label_values(workdir)
         result["loss_null_label"] = evaluate_tokens(eval_fn, params, tokens, bs, mesh, labels=null)["loss"]
         window_loss = make_window_loss(graphdef, rest, int(cfg.data.bits), mesh)
         result["loss_wrong_label"] = wrong_label_loss(window_loss, params, tokens, labels, sizes, bs, mesh)

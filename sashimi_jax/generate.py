@@ -33,7 +33,6 @@ import numpy as np
 from tqdm import tqdm
 
 from sashimi_jax import audio, mulaw
-from sashimi_jax.labels import load_label_values
 from sashimi_jax.generator import Generator
 from sashimi_jax.generate_output import WavStreams, output_names, write_ranking, write_report
 from sashimi_jax.generate_request import (
@@ -50,7 +49,7 @@ from sashimi_jax.generate_request import (
 from sashimi_jax.params import load_run_config, restore_model
 from sashimi_jax.sampling import check_sampling
 from sashimi_jax.synthetic import HELD_BACK_SEED, synthetic_piece
-from sashimi_jax.workdir import Footprint, WorkdirError, ensure_writable
+from sashimi_jax.workdir import Footprint, WorkdirError, ensure_writable, load_label_values
 
 
 def encode_prompt(req: Request, cfg, total: int) -> np.ndarray | None:

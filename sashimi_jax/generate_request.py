@@ -151,7 +151,7 @@ def label_rows(req: Request) -> list[list[tuple[str, str]]]:
 
 def stream_labels(req: Request, values: dict[str, list[str]], num_samples: int) -> np.ndarray | None:
     """Each stream's label ids, int32 (num_samples, n_fields) in the order of ``values`` (the run's vocabulary,
-    :func:`sashimi_jax.labels.load_label_values`); rows repeat over the streams, a field not named gets its null
+    :func:`sashimi_jax.workdir.load_label_values`); rows repeat over the streams, a field not named gets its null
     label (id = its number of values). None when no label is asked for.
 
     Raises:

@@ -13,8 +13,8 @@ The vocabulary of field f, V_f, is ``data.label_values`` when it names f, else t
 the distinct values seen at preparation in natural order (:func:`build_values`). A label id is the index in V_f;
 the null id of f is len(V_f); ids are int32. A recording with a missing value, or one outside a fixed
 vocabulary, is skipped or given the null id (``data.unlabelled``), and named either way (:class:`Labeller`).
-The run keeps its vocabularies in ``<workdir>/labels.json`` (:func:`save_label_values`), which generation and
-evaluation read; this module imports no training module.
+The run keeps its vocabularies in ``<workdir>/labels.json`` (:func:`sashimi_jax.workdir.save_label_values`),
+which generation and evaluation read; this module imports no training module.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ import numpy as np
 from natsort import natsorted
 
 from sashimi_jax.sources import DataError
-from sashimi_jax.workdir import write_text_atomic
 
-LABELS_FILE = "labels.json"  # <workdir>/labels.json: {"fields": [...], "values": {field: [...]}}
 SIDECARS = ("metadata.csv", "metadata.jsonl")  # audiofolder sidecars: file_name + one column per field
 POLICIES = ("skip", "null")  # data.unlabelled
 
@@ -258,28 +256,6 @@ class Labeller:
 
 
 # ------------------------------------------------------------------------------------ the run's file
-
-
-def save_label_values(workdir: str | os.PathLike, values: dict[str, list[str]]) -> Path:
-    """Write ``<workdir>/labels.json`` = {"fields": [...], "values": {field: [...]}} atomically."""
-    text = json.dumps({"fields": list(values), "values": values}, indent=1)
-    return write_text_atomic(Path(workdir) / LABELS_FILE, text)
-
-
-def load_label_values(workdir: str | os.PathLike) -> dict[str, list[str]]:
-    """The ordered {field: vocabulary} saved with a run; {} when it has none (an unconditional run).
-
-    Raises:
-      DataError: the file is unreadable.
-    """
-    path = Path(workdir) / LABELS_FILE
-    if not path.exists():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-        return {f: list(saved["values"][f]) for f in saved["fields"]}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{path} is unreadable ({err}); restore it from the run's backup or start a new --workdir.") from err
 
 
 def check_same_values(saved: dict[str, list[str]], now: dict[str, list[str]]) -> None:

@@ -28,7 +28,7 @@ from sashimi_jax import workdir as workdirlib
 from sashimi_jax.batches import batch_at
 from sashimi_jax.config import ConfigError
 from sashimi_jax.damage import restore_intact
-from sashimi_jax.labels import check_same_values, load_label_values, save_label_values
+from sashimi_jax.labels import check_same_values
 from sashimi_jax.evaluate import evaluate_tokens, make_eval_step
 from sashimi_jax.listen import Listener, check_listen_config, listening_due
 from sashimi_jax.logs import Meter, RunLog
@@ -170,11 +170,11 @@ def _prepare_data(cfg: ml_collections.ConfigDict, source, workdir: Path) -> tupl
     """
     t = cfg.train
     prepared = prepare(cfg.data, source)
-    saved = load_label_values(workdir)
+    saved = workdirlib.load_label_values(workdir)
     if saved:
         check_same_values(saved, prepared.label_values)
     elif prepared.label_values and jax.process_index() == 0:
-        save_label_values(workdir, prepared.label_values)
+        workdirlib.save_label_values(workdir, prepared.label_values)
     if prepared.stream is None:
         batch_at(prepared.train, int(t.batch_size), int(t.seed), 0)  # DataError now if train is too small
         return prepared, None

@@ -186,7 +186,38 @@ def lock_workdir(workdir: str | os.PathLike) -> WorkdirLock:
     )
 
 
+# ------------------------------------------------------------------------------------ the run's labels
+
+LABELS_FILE = "labels.json"  # <workdir>/labels.json: {"fields": [...], "values": {field: [...]}} (sashimi_jax.labels)
+
+
+def save_label_values(workdir: str | os.PathLike, values: dict[str, list[str]]) -> Path:
+    """Write ``<workdir>/labels.json`` = {"fields": [...], "values": {field: [...]}} atomically."""
+    text = json.dumps({"fields": list(values), "values": values}, indent=1)
+    return write_text_atomic(Path(workdir) / LABELS_FILE, text)
+
+
+def load_label_values(workdir: str | os.PathLike) -> dict[str, list[str]]:
+    """The ordered {field: vocabulary} saved with a run; {} when it has none (an unconditional run).
+
+    Raises:
+      WorkdirError: the file is unreadable.
+    """
+    path = Path(workdir) / LABELS_FILE
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        return {f: list(saved["values"][f]) for f in saved["fields"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WorkdirError(f"{path} is unreadable ({err}); restore it from the run's backup or start a new --workdir.") from err
+
+
+
 __all__ = [
+    "LABELS_FILE",
+    "load_label_values",
+    "save_label_values",
     "LOCK_FILE", "Footprint", "WorkdirError", "WorkdirLock", "atomic_write", "check_run_dir", "ensure_writable", "in_use",
     "lock_workdir", "write_text_atomic",
 ]

@@ -182,11 +182,14 @@ def test_cli_generates_each_label_with_guidance(labelled_dir, run_dir, tmp_path)
     a label the run does not know, and labels for a run without them, exit 2 naming what is valid."""
     flags = ["--seconds=0.1", "--noreport", "--nospectrogram", "--num_samples=3", "--guidance=2", "--prompt=synthetic",
              "--prompt_seconds=0.02"]
-    res = cli(f"--workdir={labelled_dir}", f"--out={tmp_path / 'o'}", "--label=signal=low", "--label=signal=high", *flags)
+    res = cli(f"--workdir={labelled_dir}", f"--out={tmp_path / 'o'}", "--label=signal=low", "--label=signal=high",
+              "--rank=best", *flags)
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    summary = json.loads(res.stdout[res.stdout.index("{"):res.stdout.index("\n}\n") + 2])
     assert summary["labels"] == [{"signal": "low"}, {"signal": "high"}, {"signal": "low"}] and summary["guidance"] == 2.0
-    assert all(sf.info(f).frames == 1600 for f in summary["files"])
+    assert len(summary["files"]) == 1 and sf.info(summary["files"][0]).frames == 1600  # --rank best: the likeliest
+    ranking = json.loads((tmp_path / "o" / "sample_ranking.json").read_text())
+    assert len(ranking) == 3 and sum(e["kept"] for e in ranking) == 1
     assert "labels signal=low | signal=high, guidance 2" in res.stdout + res.stderr
     bad = cli(f"--workdir={labelled_dir}", f"--out={tmp_path / 'b'}", "--label=signal=mid", *flags)
     assert bad.returncode == 2 and "valid: low, high" in bad.stderr and not (tmp_path / "b").exists()

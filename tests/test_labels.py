@@ -14,7 +14,8 @@ from conftest import CARD as HUB_CARD
 from conftest import data_config as cfg
 
 from sashimi_jax import stream
-from sashimi_jax.labels import Labeller, check_same_values, fixed_values, load_label_values, save_label_values
+from sashimi_jax.labels import Labeller, check_same_values, fixed_values
+from sashimi_jax.workdir import load_label_values, save_label_values
 from sashimi_jax.prepared import prepare, settings
 from sashimi_jax.sources import DataError
 

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from sashimi_jax import checkpoint as ckpt
-from sashimi_jax import labels, load_config, optim, parallel, train, train_step
+from sashimi_jax import load_config, optim, parallel, train, train_step
+from sashimi_jax import workdir as workdirlib
 from sashimi_jax.params import restore_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def make_run(workdir: Path, overrides: list[str], label_values: dict | None = No
     state = train_step.init_state(cfg, params, optim.make_optimizer(cfg.train, parts.groups))
     ckpt.write_config(workdir, cfg)
     if label_values:
-        labels.save_label_values(workdir, label_values)
+        workdirlib.save_label_values(workdir, label_values)
     manager = ckpt.open_manager(workdir)
     ckpt.save(manager, 1, state, val_loss=5.0)
     manager.wait_until_finished()
