@@ -12,7 +12,7 @@ import reference
 from conftest import DEMO, TINY, shifted
 from flax import nnx
 
-from sashimi_jax import SaShiMi, frames, generator, load_config, mulaw, sampling, scoring
+from sashimi_jax import SaShiMi, generator, load_config, mulaw, sampling, scoring
 
 
 def test_greedy_generation_is_the_parallel_argmax(model):
@@ -47,20 +47,6 @@ def test_sampling_follows_the_positional_uniforms(model):
         tok = draw(logits, sampling.uniforms(jax.random.key(7), t, 1, b)[0])
         ref.append(np.asarray(tok))
     np.testing.assert_array_equal(tokens, np.stack(ref, axis=1))
-
-
-def test_prefill_carry_equals_stepping(model, stepped):
-    """start() with a prompt of a non-frame length (133; frames of 64): the state at the frame boundary
-    (128) equals stepping the inputs, and the leftover prompt samples are kept as known inputs."""
-    prompt = np.random.default_rng(2).integers(0, 256, 133).astype(np.int32)
-    plan = frames.plan(model, 4)
-    carry = generator.start(model, 2, prompt, plan)
-    assert carry.known.shape == (2, 64) == (2, plan.samples)
-    inputs = np.concatenate([shifted(prompt[None])[0], prompt[-1:]])  # inputs 0..133
-    assert int(carry.state.t) == 128 and int(carry.n_known) == 6 and carry.position() == 133
-    np.testing.assert_array_equal(np.asarray(carry.known)[:, :6], np.tile(inputs[128:134], (2, 1)))
-    _, state = stepped(np.tile(inputs[:128], (2, 1)))
-    reference.assert_same_state(carry.state, state, atol=2e-4)
 
 
 def test_continuing_equals_one_long_call(model):
