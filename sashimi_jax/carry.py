@@ -20,7 +20,8 @@ from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 
 
 class GenCarry(NamedTuple):
-    """Where a batch of generations stands; pass it back to :func:`stream` / :func:`generate` to continue.
+    """Where a batch of generations stands; pass it back to :meth:`sashimi_jax.generator.Generator.stream` or
+    :func:`sashimi_jax.generator.generate` to continue.
 
     Fields:
       state: the model state at the last frame boundary t0 (``state.t`` = t0, a multiple of the frame F).
@@ -45,7 +46,6 @@ class GenCarry(NamedTuple):
     def bits_per_sample(self) -> np.ndarray | None:
         """float64 (B,): each stream's mean NLL in bits per generated sample under the model itself (None before any)."""
         return None if not self.generated else self.nll / self.generated / np.log(2)
-
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps"))

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from sashimi_jax import metrics as metlib
 from sashimi_jax import parallel
 from sashimi_jax import workdir as workdirlib
-from sashimi_jax.evaluate_labels import make_window_loss, wrong_label_loss
 from sashimi_jax.batches import eval_batches
 from sashimi_jax.config import ConfigError
+from sashimi_jax.evaluate_labels import make_window_loss, wrong_label_loss
 from sashimi_jax.mulaw import shift_inputs
 from sashimi_jax.params import restore_model
 from sashimi_jax.prepared import prepare
@@ -54,10 +54,10 @@ def eval_stats(
     Args:
       graphdef: the model's structure in evaluation mode. rest: its other variables (pure dict).
       params: its parameters (pure dict). targets: int32 (B, L) tokens. weights: float32 (B,), 0 = padding.
-      labels: int32 (B, n_fields) of a conditional model (None or n_fields 0: none).
+      labels: int32 (B, n_fields) of a conditional model (None or n_fields 0: none, see :meth:`SaShiMi.condition`).
     """
     model = nnx.merge(graphdef, params, rest)
-    logits = model(shift_inputs(targets, bits), labels if labels is not None and labels.shape[-1] else None)
+    logits = model(shift_inputs(targets, bits), labels)
     return metlib.token_stats(logits, targets, weights)
 
 

@@ -111,11 +111,14 @@ class S4Block(nnx.Module):
         """Parallel: x (B, L, H) -> ((B, L, H), None); ``ops`` the S4 kernel (H, L) when computed already.
         Recurrent: x (B, H), the S4 layer's state and :class:`Segment` -> ((B, H), the state after the step).
         ``bias``: float32 (B, H) (:meth:`bias`), a conditional model's only; None for an unconditional one."""
-        z = self.norm(x)
-        if bias is not None:
-            z = z + (bias[:, None] if x.ndim == 3 else bias)
-        y, state = self.s4(z, state, ops)
+        y, state = self.s4(self.s4_input(x, bias), state, ops)
         return x + self.mix(y), state
+
+    def s4_input(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+        """What the S4 layer reads: LayerNorm(x) (+ the conditioning bias (B, H)), for a sequence (B, L, H) or a
+        step (B, H)."""
+        z = self.norm(x)
+        return z if bias is None else z + (bias[:, None] if x.ndim == 3 else bias)
 
 
 class FFBlock(nnx.Module):

@@ -123,7 +123,7 @@ class Tier(nnx.Module):
             pair = remat_pair if self.remat and record is None else block_pair
             for i, blk in enumerate(self.s4_blocks):
                 if record is not None:
-                    record.append(blk.norm(x) if bias[i] is None else blk.norm(x) + bias[i][:, None])
+                    record.append(blk.s4_input(x, bias[i]))
                 x = pair(blk, self.ff_blocks[i] if self.ff_blocks else None, x, bias=bias[i])
             return x, None
         new = []
