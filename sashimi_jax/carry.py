@@ -24,7 +24,8 @@ class GenCarry(NamedTuple):
     :func:`sashimi_jax.generator.generate` to continue.
 
     Fields:
-      state: the model state at the last frame boundary t0 (``state.t`` = t0, a multiple of the frame F).
+      state: the model state at the last frame boundary t0 (``state.t`` = t0, a multiple of the frame F), its S4
+        segment buffers empty (:func:`sashimi_jax.frames.rest`).
       known: int32 (B, F): the inputs at positions t0 .. t0 + n_known - 1 (the rest is padding).
       n_known: int32 () in [1, F]. The next sample to generate is sample t0 + n_known - 1.
       nll: float64 (B,) the model's own negative log-likelihood (nats) of the samples generated so far, summed
@@ -103,7 +104,7 @@ def start(
     n_known = inputs.shape[1] - t0
     known = np.zeros((b, f), np.int32)
     known[:, :n_known] = inputs[:, t0:]
-    return GenCarry(state, jnp.asarray(known), jnp.asarray(n_known, jnp.int32))
+    return GenCarry(frames.rest(state), jnp.asarray(known), jnp.asarray(n_known, jnp.int32))
 
 
 __all__ = ["GenCarry", "start"]

@@ -50,7 +50,7 @@ class Plan(NamedTuple):
     outer: tuple[int, ...]
 
 
-def plan(model: SaShiMi, centre_steps: int = DEFAULT_CENTRE_STEPS) -> Plan:
+def plan(model: SaShiMi, centre_steps: int = DEFAULT_CENTRE_STEPS, pipelined: bool = False) -> Plan:
     """How frames of ``centre_steps`` centre steps run.
 
     The top tier's segments span a group of gcd(centre_steps, TOP_GROUP) centre steps (4 x 16 = 64 samples for
@@ -59,11 +59,15 @@ def plan(model: SaShiMi, centre_steps: int = DEFAULT_CENTRE_STEPS) -> Plan:
     and input matrices; at small batches that is bound by reading those per-channel matrices, so the slower
     tiers, whose H is largest, update once per frame. Longer segments cost more per sample in the (F, B, H)
     accumulator updates, hence the top tier's shorter ones. With a single tier everything is one segment.
+
+    ``pipelined`` (:mod:`sashimi_jax.pipeline`): every tier's segments span one group. The boundaries run on the
+    second device there, and the sampling device's accumulators hold two segments, so shorter segments pay
+    (measured on 2 CPU cores: 6% faster for the 8-layer model, 4% for the 2-layer one).
     """
     n_centre, depth = int(centre_steps), len(model.pools)
     per_centre = [model.strides[-1] // s for s in model.strides]  # steps of tier i per centre step
     group = math.gcd(n_centre, TOP_GROUP) if depth else n_centre
-    steps = tuple(n * group if (i == 0 and depth) else n * n_centre for i, n in enumerate(per_centre))
+    steps = tuple(n * group if ((i == 0 or pipelined) and depth) else n * n_centre for i, n in enumerate(per_centre))
     inner = tuple(i for i in range(depth + 1) if steps[i] == per_centre[i] * group and group < n_centre)
     outer = tuple(i for i in range(depth + 1) if i not in inner)
     return Plan(n_centre, n_centre * model.strides[-1], group, steps, inner, outer)
@@ -75,6 +79,25 @@ def check_ops(plan_: Plan, ops: Ops) -> None:
         for seg in tier:
             if seg.steps != plan_.steps[i]:
                 raise ValueError(f"S4 segments built for other frames (tier {i}: {seg.steps} != {plan_.steps[i]}).")
+
+
+def rest(state: SaShiMiState) -> SaShiMiState:
+    """``state`` at a frame boundary with every S4 layer's segment buffers empty (0 rows): how a carry holds it,
+    the same whatever frames made it or will continue it (:func:`fit` sizes the buffers for a plan)."""
+    ssm = tuple(
+        tuple(s._replace(u=s.u[:0], y=s.y[:0], k=jnp.zeros_like(s.k)) for s in tier) for tier in state.ssm
+    )
+    return state._replace(ssm=ssm)
+
+
+def fit(plan_: Plan, state: SaShiMiState) -> SaShiMiState:
+    """A state at a frame boundary with every S4 layer's segment buffers (inputs, outputs) empty and sized for
+    ``plan_``: what they hold there is nothing (a segment opens at the boundary), so any frames' state fits."""
+    ssm = tuple(
+        tuple(s._replace(u=jnp.zeros((n, *s.u.shape[1:]), s.u.dtype), y=jnp.zeros((n, *s.y.shape[1:]), s.y.dtype)) for s in tier)
+        for n, tier in zip(plan_.steps, state.ssm)
+    )
+    return state._replace(ssm=ssm)
 
 
 def open_segments(ops: Ops, state: SaShiMiState, tiers) -> SaShiMiState:

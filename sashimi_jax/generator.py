@@ -36,15 +36,6 @@ from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 P = jax.sharding.PartitionSpec
 
 
-def at_rest(state: SaShiMiState) -> SaShiMiState:
-    """``state`` with every S4 layer between segments (inputs and outputs cleared): how calls hand it over."""
-    ssm = tuple(
-        tuple(s._replace(u=jnp.zeros_like(s.u), y=jnp.zeros_like(s.y), k=jnp.zeros_like(s.k)) for s in tier)
-        for tier in state.ssm
-    )
-    return state._replace(ssm=ssm)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "max_frames", "plan", "shards", "axis"))
 def run_frames(
     graphdef, params, ops, state, known, n_known, n_frames, key, *, sampling, max_frames, plan, shards=1, axis=None,
@@ -69,6 +60,7 @@ def run_frames(
     """
     model = nnx.merge(graphdef, params)
     model.eval()
+    state = frames.fit(plan, state)
     f, b = plan.samples, known.shape[0]
     temp, top_p, top_k, w = sampling
     pair = guidance.both if sampling.guided else (lambda token: token)  # noqa: E731  a token for every row
@@ -107,7 +99,7 @@ def run_frames(
     state, out = carry[0], carry[2]
     if axis is not None:
         out, state = pipeline.finish(axis, ops, state, carry[3], out)
-    return out[0].reshape(max_frames * f, b), out[1].reshape(max_frames * f, b), at_rest(state)
+    return out[0].reshape(max_frames * f, b), out[1].reshape(max_frames * f, b), frames.rest(state)
 
 
 _segments = jax.jit(lambda graphdef, params, steps: nnx.merge(graphdef, params).segments(steps), static_argnums=(0, 2))
@@ -142,7 +134,8 @@ class Generator:
     ):
         self.model = model
         self.sampling = sampling or Sampling()  # validated by whoever made it (sampling.check_sampling)
-        self.plan = frames.plan(model, centre_steps)
+        self.plan = frames.plan(model, centre_steps)  # a pipelined batch runs pipelined_plan
+        self.pipelined_plan = frames.plan(model, centre_steps, pipelined=True)
         self.max_frames = max(1, -(-int(samples_per_call) // self.plan.samples))
         self.graphdef, params = nnx.split(model)
         if devices is None:
@@ -154,7 +147,7 @@ class Generator:
         # plain single-device arrays for one device (restored params may sit on a training mesh)
         self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
-        self.ops = _segments(self.graphdef, self.params, self.plan.steps)
+        self._ops: dict = {}  # plan -> model.segments(plan.steps), see ops()
         self._programs: dict = {}  # n -> (jitted fn, sharding of its constants, place)
         self._consts: dict = {}  # n -> (params, ops) placed for program n
 
@@ -166,19 +159,28 @@ class Generator:
             raise ValueError("set_model needs a model of the structure this generator was built for; build a new one.")
         self.model = model
         self.params = jax.device_put(params, self.sharding)
-        self.ops = _segments(self.graphdef, self.params, self.plan.steps)
-        self._consts = {}
+        self._ops, self._consts = {}, {}
 
     @property
     def frame(self) -> int:
         """Samples per frame."""
         return self.plan.samples
 
+    def plan_for(self, batch: int) -> frames.Plan:
+        """The frames a batch of ``batch`` streams runs: :attr:`pipelined_plan` when it runs pipelined."""
+        return self.pipelined_plan if self.split(batch) == "pipeline" else self.plan
+
+    def ops(self, plan: frames.Plan) -> frames.Ops:
+        """Every S4 layer's :class:`~sashimi_jax.recurrence.Segment` for ``plan`` (computed once per parameters)."""
+        if plan not in self._ops:
+            self._ops[plan] = _segments(self.graphdef, self.params, plan.steps)
+        return self._ops[plan]
+
     def start(self, num_samples: int, prompt=None, labels=None) -> GenCarry:
         """The carry before generating ``num_samples`` streams, after ``prompt``, with ``labels`` (see :func:`start`)."""
         n = self.split(num_samples)
         shards = 1 if n == "pipeline" else n
-        return start(self.model, num_samples, prompt, self.plan, labels, self.sampling.guided, shards)
+        return start(self.model, num_samples, prompt, self.plan_for(num_samples), labels, self.sampling.guided, shards)
 
     def split(self, batch: int) -> int | str:
         """How a batch of ``batch`` streams runs: on the largest number of :attr:`devices` that divides it, or
@@ -193,9 +195,9 @@ class Generator:
         the static settings bound), split over the largest number of :attr:`devices` that divides ``batch``,
         or pipelined over two of them when that number is 1 (see :attr:`pipeline`).
         """
-        n = self.split(batch)
+        n, plan = self.split(batch), self.plan_for(batch)
         if n not in self._programs:
-            static = dict(sampling=self.sampling, max_frames=self.max_frames, plan=self.plan)
+            static = dict(sampling=self.sampling, max_frames=self.max_frames, plan=plan)
             if n == "pipeline":
                 self._programs[n] = self._pipelined(static)
             elif n == 1:
@@ -205,7 +207,7 @@ class Generator:
                 self._programs[n] = self._split(n, static)
         fn, shardings, place = self._programs[n]
         if n not in self._consts:
-            self._consts[n] = jax.device_put((self.params, self.ops), shardings)
+            self._consts[n] = jax.device_put((self.params, self.ops(plan)), shardings)
         return fn, self._consts[n], place
 
     def _split(self, n: int, static: dict):

@@ -12,7 +12,8 @@ outputs, one batched matrix product over channels) and written once (:func:`end`
 costs an (F, B, H) multiply-add into the segment's output accumulator (:func:`step`) instead of an (N, N)
 matrix product per step. F = 1 is the plain one-step recurrence x' = A x + B u, y = C x' + D u.
 
-:func:`state_after` is the closed form of the state after a whole input sequence (used by prompt prefill).
+:func:`run` is the same recurrence over a whole sequence, a segment at a time with every segment's outputs in
+batched products (prompt prefill: it replaces the convolution there, and gives the state after the prompt).
 
 Layout: states are channel-major, x (H, B, N) ([Re x, Im x] per channel), so the per-channel products need
 no transposes; every array of :class:`S4State` has the batch on axis 1.
@@ -26,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sashimi_jax.kernel import impulses_by_doubling
 from sashimi_jax.ssm import HIGHEST, Discrete, matrix_power
 
 
@@ -35,9 +35,10 @@ class Segment(NamedTuple):
 
     Derived from the parameters only (:func:`segment`). Fields (A, B of channel h written A_h, B_h):
       free: (H, F, N) row j = C_h A_h^(j+1): output j's dependence on the state at the segment start.
-      free_next: (H, F, N) row j = C_h A_h^(j+1+F): the next segment's output j, same dependence.
+      free_next: (H, F, N) row j = C_h A_h^(j+1+F): the next segment's output j, same dependence ((H, 0, N)
+        for a segment made without ``ahead``, see :func:`segment`).
       kern_pad: (3F, H) F rows of zeros, then kern[m] = C_h A_h^m B_h (+ D_h at m = 0) for m < 2F: output
-        j's dependence on input j - m. Rows F - k .. F - k + R - 1 are input k's effect on outputs
+        j's dependence on input j - m (2F rows, m < F, for a segment made without ``ahead``). Rows F - k .. F - k + R - 1 are input k's effect on outputs
         0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next segment), a
         Toeplitz matrix read as sliding windows.
       a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
@@ -53,13 +54,24 @@ class Segment(NamedTuple):
     @property
     def steps(self) -> int:
         """F, the steps of the segment."""
-        return self.kern_pad.shape[0] // 3
+        return self.b_pow.shape[1]
 
     @property
     def kern(self) -> jax.Array:
         """(F, H) kern[m] for lags m < F: the rows of kern_pad after its F zero rows."""
         f = self.steps
         return self.kern_pad[f : 2 * f]
+
+
+class Chunked(NamedTuple):
+    """Parallel mode by the recurrence (:func:`run`) instead of the convolution: what ``S4(u, None, ops)`` takes
+    as ``ops`` to return its outputs and its state after the first ``stop`` inputs.
+
+    seg: the layer's :class:`Segment` (its steps F are the chunk length). stop: a Python int, 0 <= stop <= L.
+    """
+
+    seg: Segment
+    stop: int
 
 
 class S4State(NamedTuple):
@@ -79,25 +91,48 @@ class S4State(NamedTuple):
     k: jax.Array
 
 
-def segment(disc: Discrete, steps: int) -> Segment:
+def segment(disc: Discrete, steps: int, ahead: bool = True) -> Segment:
     """The :class:`Segment` of a discretised layer for segments of ``steps`` (F >= 1, a Python int) steps.
 
     Args:
       disc: :meth:`sashimi_jax.s4.S4.discrete` (a (H, N, N), b (H, N), c (H, N), d (H,), float32).
+      ahead: also the next segment's part (``free_next``, ``kern`` to lag 2F - 1), which the pipelined sampler
+        needs; without it (prompt prefill) ``free_next`` is empty, ``kern_pad`` has 2F rows, and the impulse
+        responses are computed to lag F only.
     """
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
-    size = 1 << int(np.ceil(np.log2(2 * steps + 1)))  # impulses_by_doubling doubles up to a power of 2
-    impulse = jnp.moveaxis(impulses_by_doubling(a, b, size)[0][..., : 2 * steps], -1, 0)  # (2F, H, N): A^m B
-    rows = jnp.swapaxes(impulses_by_doubling(jnp.swapaxes(a, -1, -2), c, size)[0], -1, -2)  # (H, size, N): C A^m
-    a_pow = matrix_power(a, steps)
-    kern2 = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F, H)
+    reach = 2 * steps + 1 if ahead else steps
+    size = 1 << int(np.ceil(np.log2(reach)))  # doubling reaches a power of 2
+    g, rows, power = impulses_and_rows(a, b, c, size)
+    impulse = jnp.moveaxis(g[..., : 2 * steps], -1, 0)  # (2F or F, H, N): A^m B
+    a_pow = power if size == steps else matrix_power(a, steps)
+    kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F or F, H)
+    if ahead:
+        free, free_next = rows[:, 1 : steps + 1], rows[:, steps + 1 : 2 * steps + 1]
+    else:  # C A^F, the last row, from A^F
+        last = jnp.einsum("hn,hnm->hm", c, a_pow, precision=HIGHEST)[:, None]
+        free, free_next = jnp.concatenate([rows[:, 1:steps], last], axis=1), jnp.zeros_like(rows[:, :0])
     return Segment(
-        free=rows[:, 1 : steps + 1],
-        free_next=rows[:, steps + 1 : 2 * steps + 1],
-        kern_pad=jnp.concatenate([jnp.zeros_like(kern2[:steps]), kern2], axis=0),
+        free=free,
+        free_next=free_next,
+        kern_pad=jnp.concatenate([jnp.zeros_like(kern[:steps]), kern], axis=0),
         a_pow=jnp.swapaxes(a_pow, -1, -2),
         b_pow=jnp.swapaxes(impulse[:steps][::-1], 0, 1),
     )
+
+
+def impulses_and_rows(a: jax.Array, b: jax.Array, c: jax.Array, size: int):
+    """A^m B and C A^m for m < T, and A^T, by doubling with the squarings shared (T a power of 2).
+
+    Args: a float (H, N, N); b, c float (H, N). Returns: g (H, N, T) columns A^m B; rows (H, T, N) rows C A^m;
+    A^T (H, N, N). (:func:`sashimi_jax.kernel.impulses_by_doubling` for both, at the cost of one.)
+    """
+    g, rows, power = b[..., None], c[..., None, :], a
+    while g.shape[-1] < size:
+        g = jnp.concatenate([g, jnp.matmul(power, g, precision=HIGHEST)], axis=-1)  # columns m + 2^k
+        rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=HIGHEST)], axis=-2)
+        power = jnp.matmul(power, power, precision=HIGHEST)
+    return g, rows, power
 
 
 def zero_state(h: int, batch: int, n: int, steps: int) -> S4State:
@@ -155,34 +190,39 @@ def step(seg: Segment, state: S4State, u: jax.Array) -> tuple[jax.Array, S4State
     return jax.lax.dynamic_index_in_dim(y, k, keepdims=False), S4State(state.x, inputs, y, k + 1)
 
 
-def piece_split(length: int) -> tuple[int, int]:
-    """(T, J) for :func:`state_after`: J pieces of T samples, T = 2^ceil(log2(sqrt(L / 4))), J = ceil(L / T).
+def toeplitz(seg: Segment) -> jax.Array:
+    """(H, F, F) lower-triangular [h, j, k] = kern[j - k] (0 for j < k): within a segment, output j's dependence
+    on input k (read off ``kern_pad``: row F - k + j)."""
+    f = seg.steps
+    rows = f - jnp.arange(f)[None, :] + jnp.arange(f)[:, None]  # (F, F) [j, k] -> F - k + j
+    return jnp.moveaxis(seg.kern_pad[rows], -1, 0)
 
-    T balances log2(T) squarings of the (N, N) transitions against J sequential state updates.
-    """
-    t = 1 << max(0, int(np.ceil(0.5 * np.log2(max(length, 1) / 4.0))))
-    return t, -(-length // t)
 
+def run(seg: Segment, u: jax.Array, stop: int) -> tuple[jax.Array, jax.Array]:
+    """The recurrence over a whole sequence from state 0, a segment of F = ``seg.steps`` inputs at a time.
 
-def state_after(a: jax.Array, b: jax.Array, u: jax.Array) -> jax.Array:
-    """x_L = sum_j a^(L-1-j) b u_j without stepping every sample: pieces of T samples (:func:`piece_split`).
-
-    Within a piece the state gained is a contraction of the T inputs with the impulse responses a^m b;
-    across the J pieces, x <- a^T x + (piece's gain), a scan of J steps.
+    Each segment's outputs are its start state's free response plus its own inputs' Toeplitz terms (the
+    equations at the top, F outputs at once); the start states come from one scan, x <- x A^F + (the segment's
+    gain). The sequence is padded in front with zeros (which leave the state at 0) so that a segment starts
+    right after input ``stop``: the state there is one of the scan's.
 
     Args:
-      a: float (H, N, N); b: float (H, N); u: float32 (B, L, H) the layer's input sequence (L >= 1).
+      seg: :func:`segment` of the layer. u: float32 (B, L, H). stop: a Python int, 0 <= stop <= L.
     Returns:
-      float32 (H, B, N) real state [Re x, Im x], channel-major.
+      y float32 (B, L, H) (y_t = C x_{t+1} + D u_t, as the convolution); x float32 (H, B, N) after ``stop`` inputs.
     """
-    bsz, length, h = u.shape
-    steps, pieces = piece_split(length)
-    u = jnp.pad(u, ((0, 0), (pieces * steps - length, 0), (0, 0)))  # leading zeros leave the state at 0
-    g, power = impulses_by_doubling(a, b, steps)
-    gains = jnp.einsum("hnm,bjmh->jhbn", g[..., ::-1], u.reshape(bsz, pieces, steps, h), precision=HIGHEST)
+    f, (bsz, length, h) = seg.steps, u.shape
+    front = (-stop) % f
+    chunks = -(-(front + length) // f)
+    u = jnp.pad(u, ((0, 0), (front, chunks * f - front - length), (0, 0))).reshape(bsz, chunks, f, h)
+    gains = jnp.einsum("bjkh,hkn->jhbn", u, seg.b_pow, precision=HIGHEST)  # (J, H, B, N)
 
     def body(x, gain):
-        return jnp.einsum("hnm,hbm->hbn", power, x, precision=HIGHEST) + gain, None
+        return jnp.matmul(x, seg.a_pow, precision=HIGHEST) + gain, x
 
-    x, _ = jax.lax.scan(body, jnp.zeros_like(gains[0]), gains)
-    return x
+    last, starts = jax.lax.scan(body, jnp.zeros_like(gains[0]), gains)  # starts (J, H, B, N)
+    y = jnp.einsum("hfn,jhbn->bjfh", seg.free, starts, precision=HIGHEST)
+    y = y + jnp.einsum("hfk,bjkh->bjfh", toeplitz(seg), u, precision=HIGHEST)
+    at = (front + stop) // f
+    x = last if at == chunks else starts[at]
+    return y.reshape(bsz, chunks * f, h)[:, front : front + length], x

@@ -20,7 +20,7 @@ from flax import nnx
 from sashimi_jax import recurrence
 from sashimi_jax.hippo import legs_dplr
 from sashimi_jax.kernel import causal_conv, ssm_kernel
-from sashimi_jax.recurrence import S4State, Segment
+from sashimi_jax.recurrence import Chunked, S4State, Segment
 from sashimi_jax.ssm import Discrete, discrete_b, readout_real, real_transition, to_real
 
 
@@ -71,28 +71,29 @@ class S4(nnx.Module):
         lam, p, b, c, dt = self.ssm()
         return ssm_kernel(lam, p, dt, discrete_b(lam, p, b, dt), readout_real(c), length)
 
-    def segment(self, steps: int) -> Segment:
-        """The recurrence over segments of ``steps`` steps in matrix form: what recurrent mode takes as ``ops``."""
-        return recurrence.segment(self.discrete(), steps)
+    def segment(self, steps: int, ahead: bool = True) -> Segment:
+        """The recurrence over segments of ``steps`` steps in matrix form: what recurrent mode takes as ``ops``
+        (``ahead``: see :func:`sashimi_jax.recurrence.segment`)."""
+        return recurrence.segment(self.discrete(), steps, ahead)
 
     def __call__(
-        self, u: jax.Array, state: S4State | None = None, ops: jax.Array | Segment | None = None
-    ) -> tuple[jax.Array, S4State | None]:
+        self, u: jax.Array, state: S4State | None = None, ops: jax.Array | Segment | Chunked | None = None
+    ) -> tuple[jax.Array, S4State | jax.Array | None]:
         """Both modes of the layer.
 
         Parallel (``state`` None): u float32 (B, L, H) -> y (B, L, H) by convolution; ``ops`` the (H, L)
-        :meth:`kernel` when computed already. Returns (y, None).
+        :meth:`kernel` when computed already. Returns (y, None). With ``ops`` a
+        :class:`~sashimi_jax.recurrence.Chunked`, the same outputs by the recurrence a segment at a time
+        (:func:`sashimi_jax.recurrence.run`, prompt prefill), and the SSM state (H, B, N) after ``ops.stop`` inputs.
         Recurrent: u (B, H), one step of the segment ``state`` is in; ``ops`` its :meth:`segment` (required:
         computed once per generation). Returns (y (B, H), the state after the step).
         """
+        if isinstance(ops, Chunked):
+            return recurrence.run(ops.seg, u, ops.stop)
         if state is None:
             return causal_conv(u, self.kernel(u.shape[1]) if ops is None else ops, self.d[...]), None
         return recurrence.step(ops, state, u)
 
-    def state_after(self, u: jax.Array) -> jax.Array:
-        """The SSM state after consuming a whole sequence, computed in parallel: (B, L, H) -> (H, B, N)."""
-        disc = self.discrete()
-        return recurrence.state_after(disc.a, disc.b, u)
 
     def zero_state(self, batch_size: int, steps: int = 1) -> S4State:
         """The state before any input, for segments of ``steps`` steps."""

@@ -31,7 +31,9 @@ import ml_collections
 from flax import nnx
 
 from sashimi_jax.layers import LN_EPS, DownPool, FFBlock, LabelEmbed, S4Block, UpPool, torch_linear
-from sashimi_jax.recurrence import S4State, Segment
+from sashimi_jax.recurrence import Chunked, S4State, Segment
+
+PREFILL_STEPS = 128  # S4 segment length of prompt prefill (recurrence.run): the fastest measured on 2 CPU cores
 
 
 def block_pair(
@@ -112,23 +114,23 @@ class Tier(nnx.Module):
         self.remat = bool(cfg.remat)
 
     def __call__(
-        self, x: jax.Array, state: tuple[S4State, ...] | None = None, ops: tuple[Segment, ...] | None = None,
-        record: list | None = None, cond: tuple[jax.Array, ...] | None = None,
-    ) -> tuple[jax.Array, tuple[S4State, ...] | None]:
-        """Parallel (``state`` None): (B, L, H) -> ((B, L, H), None); ``record`` collects every S4 layer's input.
+        self, x: jax.Array, state: tuple[S4State, ...] | None = None, ops: tuple | None = None,
+        cond: tuple[jax.Array, ...] | None = None,
+    ) -> tuple[jax.Array, tuple | None]:
+        """Parallel (``state`` and ``ops`` None): (B, L, H) -> ((B, L, H), None), by convolution.
+        Parallel by the recurrence (``state`` None, ``ops`` a :class:`~sashimi_jax.recurrence.Chunked` per S4
+        block; prompt prefill): ((B, L, H), each S4 layer's state (H, B, N) after ``stop`` inputs).
         Recurrent: x (B, H), a state and a :class:`Segment` per S4 block -> ((B, H), the states after the step).
         ``cond``: a conditional model's bias (B, H) per S4 block (:meth:`SaShiMi.condition`), else None."""
         bias = cond or (None,) * len(self.s4_blocks)
-        if state is None:
-            pair = remat_pair if self.remat and record is None else block_pair
+        if state is None and ops is None:
+            pair = remat_pair if self.remat else block_pair
             for i, blk in enumerate(self.s4_blocks):
-                if record is not None:
-                    record.append(blk.s4_input(x, bias[i]))
                 x = pair(blk, self.ff_blocks[i] if self.ff_blocks else None, x, bias=bias[i])
             return x, None
         new = []
         for i, blk in enumerate(self.s4_blocks):
-            x, s = blk(x, state[i], ops[i], bias[i])
+            x, s = blk(x, None if state is None else state[i], ops[i], bias[i])
             new.append(s)
             if self.ff_blocks:
                 x = self.ff_blocks[i](x)
@@ -161,7 +163,7 @@ class _Record(NamedTuple):
 
     tier_in: list  # per pooling level i: tier i's input sequence (B, L_i, H_i)
     lower_out: list  # per pooling level i: tier i+1's output sequence (B, L_{i+1}, H_{i+1})
-    s4_in: list  # per tier: list of the S4 layers' input sequences (B, L_tier, H_tier)
+    states: list  # per tier: the S4 layers' states (H_tier, B, N) after the prompt
 
 
 class SaShiMi(nnx.Module):
@@ -221,11 +223,14 @@ class SaShiMi(nnx.Module):
 
     # ------------------------------------------------------------------ parallel (convolution) mode
 
-    def features(self, tokens: jax.Array, rec: _Record | None = None, labels: jax.Array | None = None) -> jax.Array:
+    def features(
+        self, tokens: jax.Array, rec: _Record | None = None, labels: jax.Array | None = None, ops: tuple | None = None
+    ) -> jax.Array:
         """int32 (B, L) -> float32 (B, L, H): the top tier's output, before the read-out.
 
-        ``rec`` (used by :meth:`prefill`) collects the intermediate sequences the recurrent state is made of;
-        ``labels`` int32 (B, n_fields) of a conditional model (None: the null labels).
+        ``rec`` (used by :meth:`prefill`) collects the intermediate sequences and S4 states the recurrent state
+        is made of; ``labels`` int32 (B, n_fields) of a conditional model (None: the null labels); ``ops`` per
+        tier a :class:`~sashimi_jax.recurrence.Chunked` per S4 block (None: the convolution), see :meth:`Tier.__call__`.
         """
         if tokens.shape[1] % self.strides[-1]:
             raise ValueError(
@@ -240,13 +245,19 @@ class SaShiMi(nnx.Module):
                 rec.tier_in.append(x)
             x = pool(x)
             skips.append(x)
-        depth = len(self.pools)
-        x = self.center(x, record=None if rec is None else rec.s4_in[depth], cond=cond[depth])[0] + skips.pop()
+        depth, ops = len(self.pools), ops or (None,) * len(self.strides)
+        y, states = self.center(x, ops=ops[depth], cond=cond[depth])
+        x = y + skips.pop()
+        if rec is not None:
+            rec.states[depth] = states
         for i in reversed(range(depth)):
             if rec is not None:
                 rec.lower_out[i] = x
             x = self.up[i](x) + skips.pop()
-            x = self.tiers[i](x, record=None if rec is None else rec.s4_in[i], cond=cond[i])[0] + x
+            y, states = self.tiers[i](x, ops=ops[i], cond=cond[i])
+            x = y + x
+            if rec is not None:
+                rec.states[i] = states
         return x
 
     def readout(self, y: jax.Array) -> jax.Array:
@@ -277,12 +288,15 @@ class SaShiMi(nnx.Module):
             cond=() if cond is None else tuple(tuple(b[None] for b in tier) for tier in cond),
         )
 
-    def segments(self, steps: tuple[int, ...]) -> tuple[tuple[Segment, ...], ...]:
-        """Every S4 layer's recurrence for segments of ``steps[i]`` steps in tier i: the ``ops`` of recurrent mode.
+    def segments(self, steps: tuple[int, ...], ahead: bool = True) -> tuple[tuple[Segment, ...], ...]:
+        """Every S4 layer's recurrence for segments of ``steps[i]`` steps in tier i: the ``ops`` of recurrent mode
+        (``ahead``: see :func:`sashimi_jax.recurrence.segment`).
 
         Derived from the parameters only: compute once per generation.
         """
-        return tuple(tuple(blk.s4.segment(n) for blk in tier.s4_blocks) for tier, n in zip(self.all_tiers(), steps))
+        return tuple(
+            tuple(blk.s4.segment(n, ahead) for blk in tier.s4_blocks) for tier, n in zip(self.all_tiers(), steps)
+        )
 
     def tier_step(
         self, i: int, x: jax.Array, state: SaShiMiState, pos: jax.Array, ops: tuple[Segment, ...]
@@ -316,12 +330,12 @@ class SaShiMi(nnx.Module):
     def prefill(
         self, tokens: jax.Array, steps: tuple[int, ...] | None = None, labels: jax.Array | None = None
     ) -> tuple[jax.Array, SaShiMiState]:
-        """Consume a whole prompt in parallel (convolution) mode and return what stepping it would.
+        """Consume a whole prompt in parallel mode and return what stepping it would.
 
-        The prompt is padded to a multiple of the centre's stride (causality makes the padding invisible), one
-        parallel pass records every tier's sequences, and each S4 state is the closed-form sum
-        x = sum_j A_bar^(n-1-j) B_bar u_j over the n samples that tier has consumed; pool buffers are read off
-        the recorded sequences.
+        The prompt is padded to a multiple of the centre's stride (causality makes the padding invisible), and
+        one parallel pass runs every S4 layer by its recurrence a segment of ``PREFILL_STEPS`` at a time
+        (:func:`sashimi_jax.recurrence.run`: batched products, no FFT): its outputs, and its state after the n
+        samples its tier has consumed. Pool buffers are read off the recorded sequences.
 
         Args:
           tokens: int32 (B, T), T >= 1 (a Python-static length).
@@ -334,8 +348,12 @@ class SaShiMi(nnx.Module):
         b, length = tokens.shape
         padded = jnp.pad(tokens, ((0, 0), (0, (-length) % self.strides[-1])), constant_values=128)
         depth = len(self.pools)
-        rec = _Record(tier_in=[], lower_out=[None] * depth, s4_in=[[] for _ in range(depth + 1)])
-        logits = self.readout(self.features(padded, rec, labels)[:, length - 1])
+        rec = _Record(tier_in=[], lower_out=[None] * depth, states=[None] * (depth + 1))
+        chunked = tuple(
+            tuple(Chunked(seg, length // stride) for seg in tier)
+            for tier, stride in zip(self.segments((PREFILL_STEPS,) * len(self.strides), ahead=False), self.strides)
+        )
+        logits = self.readout(self.features(padded, rec, labels, chunked)[:, length - 1])
         state = self.zero_state(b, steps, labels)
         down, up = list(state.down), list(state.up)
         for i, p in enumerate(self.pools):
@@ -346,13 +364,7 @@ class SaShiMi(nnx.Module):
             )
             if done // p >= 1:
                 up[i] = self.up[i].step(rec.lower_out[i][:, done // p - 1])
-        ssm = tuple(
-            tuple(
-                s._replace(x=blk.s4.state_after(seq[:, : length // self.strides[k]])) if length // self.strides[k] else s
-                for blk, seq, s in zip(tier.s4_blocks, rec.s4_in[k], state.ssm[k])
-            )
-            for k, tier in enumerate(self.all_tiers())
-        )
+        ssm = tuple(tuple(s._replace(x=x) for s, x in zip(tier, xs)) for tier, xs in zip(state.ssm, rec.states))
         return logits, state._replace(t=jnp.asarray(length, jnp.int32), down=tuple(down), up=tuple(up), ssm=ssm)
 
 

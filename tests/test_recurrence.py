@@ -1,5 +1,5 @@
 """Recurrent mode of S4 in matrix form: a segment of F steps at once equals F single dense steps, and the
-closed-form state after a sequence equals stepping through it."""
+recurrence over a whole sequence a segment at a time (prefill) equals stepping through it."""
 
 from __future__ import annotations
 
@@ -56,10 +56,33 @@ def test_segment_matches_repeated_steps(layer, f):
     np.testing.assert_allclose(xs, x, atol=1e-4)
 
 
-def test_state_after_matches_stepping(layer):
-    u = jax.random.normal(jax.random.key(2), (1, 300, 8), jnp.float32)
+@pytest.mark.parametrize("f", [1, 16, 128])
+def test_run_matches_stepping_and_the_convolution(layer, f):
+    """The recurrence over a whole sequence a segment at a time (prompt prefill's S4): its outputs equal one dense
+    step at a time and the convolution, and its state after any number of inputs equals stepping that far
+    (stops that fall on, before and between segment boundaries; the front zero padding is invisible)."""
+    length, h = 300, layer.d_model
+    u = jax.random.normal(jax.random.key(2), (2, length, h), jnp.float32)
+    stops = [0, 1, 100, 128, 299, 300]
     disc = layer.discrete()
-    x = jnp.zeros((1, 8, 64), jnp.float32)
-    for t in range(300):
-        _, x = step_dense(disc, x, u[:, t])
-    np.testing.assert_allclose(np.swapaxes(np.asarray(layer.state_after(u)), 0, 1), np.asarray(x), atol=1e-4)
+    x, ys, states = jnp.zeros((2, h, 64), jnp.float32), [], {0: jnp.zeros((2, h, 64), jnp.float32)}
+    for t in range(length):
+        y, x = step_dense(disc, x, u[:, t])
+        ys.append(y)
+        states[t + 1] = x
+    conv = layer(u)[0]
+    run = jax.jit(lambda u, stop: layer(u, None, recurrence.Chunked(layer.segment(f, ahead=False), stop)), static_argnums=1)
+    for stop in stops:
+        y_run, x_run = run(u, stop)
+        np.testing.assert_allclose(y_run, jnp.stack(ys, axis=1), atol=1e-4)
+        np.testing.assert_allclose(y_run, conv, atol=1e-4)
+        np.testing.assert_allclose(np.swapaxes(np.asarray(x_run), 0, 1), states[stop], atol=1e-4)
+    assert float(jnp.max(jnp.abs(states[length]))) > 0.1
+
+
+def test_segment_without_lookahead_is_the_same_segment(layer):
+    """A segment made for prefill (no next-segment part) holds the same free response, kernel and powers."""
+    full, lean = layer.segment(16), layer.segment(16, ahead=False)
+    assert lean.steps == full.steps == 16 and lean.free_next.shape[1] == 0
+    for a, b in [(lean.free, full.free), (lean.kern, full.kern), (lean.a_pow, full.a_pow), (lean.b_pow, full.b_pow)]:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
