@@ -80,10 +80,11 @@ def stepped(model):
     return lambda tokens: fn(params, jnp.asarray(tokens, jnp.int32))
 
 
-def teacher_forced(model, centre_steps: int):
-    """jitted: int32 inputs (B, L) -> (logits (L, B, C), state) by frames whose choose() feeds the inputs."""
+def teacher_forced(model, centre_steps: int, plan=None):
+    """jitted: int32 inputs (B, L) -> (logits (L, B, C), state) by frames whose choose() feeds the inputs
+    (``plan``: :func:`frames.plan` of ``centre_steps`` by default)."""
     graphdef, params = nnx.split(model)
-    plan = frames.plan(model, centre_steps)
+    plan = frames.plan(model, centre_steps) if plan is None else plan
 
     @jax.jit
     def run(params, tokens):

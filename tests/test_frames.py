@@ -7,7 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 from conftest import shifted, teacher_forced
+from flax import nnx
+from helpers import PARITY, needs_parity, official_model
 from reference import assert_same_state
 
 from sashimi_jax import frames
@@ -42,3 +45,22 @@ def test_ops_of_other_frames_are_refused(model):
     plan4, plan16 = frames.plan(model, 4), frames.plan(model)
     with pytest.raises(ValueError, match="other frames"):
         frames.check_ops(plan16, model.segments(plan4.steps))
+
+
+@needs_parity
+def test_the_sampler_and_prefill_equal_the_one_sample_step_on_the_official_weights():
+    """On the official l2.pt weights, over the 4,096 official input tokens: the sampler's frames (the default
+    plan, and the plan a pipelined batch runs, on one device) give the one-sample step's logits to 1e-4 and its
+    state; prefilling the same inputs gives its last logits and its state."""
+    model, _ = official_model("l2")
+    tokens = jnp.asarray(np.load(PARITY / "l2_inputs.npy"), jnp.int32)  # (1, 4096)
+    graphdef, params = nnx.split(model)
+    ls, ss = jax.jit(lambda p, t: reference.run(nnx.merge(graphdef, p), t))(params, tokens)
+    assert float(jnp.max(jnp.abs(ls))) > 1.0
+    for plan in (frames.plan(model), frames.plan(model, pipelined=True)):
+        lf, sf_ = teacher_forced(model, plan.centre_steps, plan)(tokens)
+        assert float(jnp.max(jnp.abs(lf - ls))) < 1e-4, plan
+        assert_same_state(sf_, ss, atol=1e-4)
+    lp, sp = jax.jit(lambda p, t: nnx.merge(graphdef, p).prefill(t))(params, tokens)
+    assert float(jnp.max(jnp.abs(lp - ls[-1]))) < 1e-4
+    assert_same_state(sp, ss, atol=1e-4)

@@ -56,28 +56,36 @@ def test_segment_matches_repeated_steps(layer, f):
     np.testing.assert_allclose(xs, x, atol=1e-4)
 
 
-@pytest.mark.parametrize("f", [1, 16, 128])
-def test_run_matches_stepping_and_the_convolution(layer, f):
+@pytest.fixture(scope="module")
+def stepped_sequence(layer):
+    """A random input sequence (2, 300, H), the outputs of one dense step at a time, and the state after every
+    number of inputs (index t: after t inputs)."""
+    u = jax.random.normal(jax.random.key(2), (2, 300, layer.d_model), jnp.float32)
+    disc = layer.discrete()
+
+    def body(x, ut):
+        y, x = step_dense(disc, x, ut)
+        return x, (y, x)
+
+    x0 = jnp.zeros((2, layer.d_model, layer.d_state), jnp.float32)
+    _, (ys, xs) = jax.jit(lambda u: jax.lax.scan(body, x0, jnp.swapaxes(u, 0, 1)))(u)
+    return u, jnp.swapaxes(ys, 0, 1), jnp.concatenate([x0[None], xs], axis=0)
+
+
+@pytest.mark.parametrize("f", [4, 128])
+def test_run_matches_stepping_and_the_convolution(layer, stepped_sequence, f):
     """The recurrence over a whole sequence a segment at a time (prompt prefill's S4): its outputs equal one dense
     step at a time and the convolution, and its state after any number of inputs equals stepping that far
-    (stops that fall on, before and between segment boundaries; the front zero padding is invisible)."""
-    length, h = 300, layer.d_model
-    u = jax.random.normal(jax.random.key(2), (2, length, h), jnp.float32)
-    stops = [0, 1, 100, 128, 299, 300]
-    disc = layer.discrete()
-    x, ys, states = jnp.zeros((2, h, 64), jnp.float32), [], {0: jnp.zeros((2, h, 64), jnp.float32)}
-    for t in range(length):
-        y, x = step_dense(disc, x, u[:, t])
-        ys.append(y)
-        states[t + 1] = x
+    (stops on, before and between segment boundaries; the front zero padding is invisible)."""
+    u, ys, states = stepped_sequence
     conv = layer(u)[0]
     run = jax.jit(lambda u, stop: layer(u, None, recurrence.Chunked(layer.segment(f, ahead=False), stop)), static_argnums=1)
-    for stop in stops:
+    for stop in (0, 1, 128, 299, 300):
         y_run, x_run = run(u, stop)
-        np.testing.assert_allclose(y_run, jnp.stack(ys, axis=1), atol=1e-4)
+        np.testing.assert_allclose(y_run, ys, atol=1e-4)
         np.testing.assert_allclose(y_run, conv, atol=1e-4)
         np.testing.assert_allclose(np.swapaxes(np.asarray(x_run), 0, 1), states[stop], atol=1e-4)
-    assert float(jnp.max(jnp.abs(states[length]))) > 0.1
+    assert float(jnp.max(jnp.abs(states[-1]))) > 0.1
 
 
 def test_segment_without_lookahead_is_the_same_segment(layer):
