@@ -1,6 +1,7 @@
 """Where batch-1 generation's time goes on this machine, as JSON: the profile behind the README's generation table.
 
-  python benchmarks/generate_profile.py [--configs bigband_2layer,bigband_8layer] [--samples 4096] [--out FILE]
+  python benchmarks/generate_profile.py [--configs bigband_2layer,bigband_8layer] [--samples 4096]
+                                       [--parts pipelined,one_device,no_boundaries,idle_trail,parts] [--out FILE]
 
 Every part runs in a fresh worker process (random weights, temperature 1, one CPU device per core as
 ``experiments/generate.py`` sets up) and is reported in microseconds per sample (``us_per_sample``):
@@ -30,7 +31,6 @@ import time
 import harness
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sashimi_jax import frames, generator, load_config, pipeline, recurrence, runtime
@@ -126,15 +126,22 @@ def run_case(config: str, part: str, samples: int) -> dict:
 def main() -> None:
     p = harness.parser(__doc__.split("\n")[0], configs="bigband_2layer,bigband_8layer", workers=True)
     p.add_argument("--samples", type=int, default=4096, help="samples per timed generation run")
+    p.add_argument("--parts", default=",".join((*PROGRAMS, "parts")), help="what to measure (default: all)")
     a = p.parse_args()
+    chosen = harness.names(a.parts)
+    if set(chosen) - {*PROGRAMS, "parts"}:
+        p.error(f"--parts takes {', '.join((*PROGRAMS, 'parts'))}")
     if harness.worker(a, run_case):
         return
     results = []
     for config in harness.names(a.configs):
-        got = {part: harness.in_worker(__file__, {"config": config, "part": part, "samples": a.samples}, {}) for part in (*PROGRAMS, "parts")}
-        us = {part: got[part].get("us_per_sample") for part in PROGRAMS}
-        result = {"config": config, "us_per_sample": us, **got["parts"]}
-        if all(v is not None for v in us.values()):
+        got = {part: harness.in_worker(__file__, {"config": config, "part": part, "samples": a.samples}, {}) for part in chosen}
+        us = {part: got[part].get("us_per_sample") for part in PROGRAMS if part in got}
+        result = {"config": config, "us_per_sample": us, **got.get("parts", {})}
+        errors = {part: r["error"] for part, r in got.items() if "error" in r}
+        if errors:
+            result["errors"] = errors
+        if len(us) == len(PROGRAMS) and all(v is not None for v in us.values()):
             result["boundaries"] = round(us["one_device"] - us["no_boundaries"], 2)
             result["pipeline_cost"] = round(us["pipelined"] - us["no_boundaries"], 2)
             result["samples_per_s"] = {k: round(1e6 / v) for k, v in us.items()}

@@ -83,6 +83,14 @@ def test_generate_throughput_splits_a_batch_over_one_cpu_device_per_core():
     assert case["samples_per_stream_timed"] >= 128 and case["prefill_s"] > 0
 
 
+def test_generate_profile_times_the_pipeline_with_its_second_device_idle_and_each_tier():
+    report = run_script("generate_profile.py", "--configs", "demo", "--samples", "256", "--parts", "idle_trail,parts")
+    (case,) = report["results"]
+    assert "errors" not in case, case
+    assert case["us_per_sample"]["idle_trail"] > 0 and len(case["tier_step_us"]) == 3
+    assert all(t > 0 for t in case["tier_step_us"]) and case["sampling_top_p"] > case["sampling"] > 0
+
+
 def test_data_throughput_reports_prepared_and_streamed_windows_per_s():
     report = run_script(
         "data_throughput.py", "--config", "demo", "--sample_len", "1024", "--files", "3", "--shards", "3",
