@@ -49,9 +49,9 @@ class GenCarry(NamedTuple):
         return None if not self.generated else self.nll / self.generated / np.log(2)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
-def _prefill(graphdef, params, tokens, steps, labels):
-    return nnx.merge(graphdef, params).prefill(tokens, steps, labels)[1]
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prefill(graphdef, params, tokens, labels):
+    return nnx.merge(graphdef, params).prefill(tokens, labels=labels)[1]
 
 
 def start(
@@ -65,7 +65,7 @@ def start(
       num_samples: B, the number of streams.
       prompt: None (start from the mu-law zero, as the reference), or int tokens (T,) shared by all
         streams (consumed once, at batch 1) or (B, T), T >= 1: samples 0..T-1 of every stream.
-      plan: the frames of the generator that will continue (default ``frames.plan(model)``).
+      plan: the frames of the generator that will continue (default ``frames.plan(model)``): their length.
       labels: a conditional model's labels, int (B, n_fields) (None: the null labels).
       guided: each stream also runs with the null labels (classifier-free guidance): the state has 2B rows,
         laid out for ``shards`` devices by :func:`sashimi_jax.guidance.rows`.
@@ -93,13 +93,13 @@ def start(
     if t0 > 0:
         graphdef, params = nnx.split(model)
         if shared and row_labels is None:  # a shared prompt is consumed once and its state copied to every stream
-            state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), plan.steps, None)
+            state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), None)
             state = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, b, axis=1), state)
         else:
             first = np.broadcast_to(inputs[:, :t0], (b, t0))[rows]
-            state = _prefill(graphdef, params, jnp.asarray(first), plan.steps, row_labels)
+            state = _prefill(graphdef, params, jnp.asarray(first), row_labels)
     else:
-        state = model.zero_state(len(rows), plan.steps, row_labels)
+        state = model.zero_state(len(rows), labels=row_labels)
     inputs = np.broadcast_to(inputs, (b, inputs.shape[1]))
     n_known = inputs.shape[1] - t0
     known = np.zeros((b, f), np.int32)

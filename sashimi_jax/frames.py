@@ -93,9 +93,9 @@ def rest(state: SaShiMiState) -> SaShiMiState:
 def fit(plan_: Plan, state: SaShiMiState) -> SaShiMiState:
     """A state at a frame boundary with every S4 layer's segment buffers (inputs, outputs) empty and sized for
     ``plan_``: what they hold there is nothing (a segment opens at the boundary), so any frames' state fits."""
+    sized = lambda a, n: jnp.zeros((n, *a.shape[1:]), a.dtype)  # noqa: E731
     ssm = tuple(
-        tuple(s._replace(u=jnp.zeros((n, *s.u.shape[1:]), s.u.dtype), y=jnp.zeros((n, *s.y.shape[1:]), s.y.dtype)) for s in tier)
-        for n, tier in zip(plan_.steps, state.ssm)
+        tuple(s._replace(u=sized(s.u, n), y=sized(s.y, n)) for s in tier) for n, tier in zip(plan_.steps, state.ssm)
     )
     return state._replace(ssm=ssm)
 

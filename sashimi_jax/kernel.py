@@ -1,6 +1,7 @@
 """Convolution mode of S4: the length-L kernel K[h, k] = c_h A_h^k B_h of a layer, and y = K * u + D u.
 
-* :func:`impulses_by_doubling` -- the first T state impulse responses A^m B and A^T by doubling (log2 T squarings).
+* :func:`impulses_by_doubling` -- the first T state impulse responses A^m B and A^T by doubling (log2 T squarings);
+  :func:`impulses_and_rows` also the rows C A^m from the same squarings (the recurrence's segments).
 * :func:`impulses_by_rank1` -- the same from A's rotation-plus-rank-1 form (:func:`sashimi_jax.ssm.transition_parts`)
   with (T, T) Toeplitz products (:func:`phi_powers`, :func:`upper_toeplitz`, :func:`series_inverse`).
 * :func:`kernel_split` -- which of the two, and T, by a cost model.
@@ -26,11 +27,23 @@ def impulses_by_doubling(a: jax.Array, b: jax.Array, steps: int) -> tuple[jax.Ar
     Args: a float (H, n, n); b float (H, n); steps T = 2^k.
     Returns: g float (H, n, T); a^T float (H, n, n).
     """
-    g, power = b[..., None], a
+    g, _, power = impulses_and_rows(a, b, None, steps)
+    return g, power
+
+
+def impulses_and_rows(a: jax.Array, b: jax.Array, c: jax.Array | None, steps: int):
+    """:func:`impulses_by_doubling`, and with ``c`` the rows c_h a_h^m (m < T) from the same squarings.
+
+    Args: a float (H, n, n); b float (H, n); c float (H, n) or None; steps T = 2^k.
+    Returns: g float (H, n, T) columns a^m b; rows float (H, T, n) rows c a^m (None without ``c``); a^T (H, n, n).
+    """
+    g, rows, power = b[..., None], None if c is None else c[..., None, :], a
     while g.shape[-1] < steps:
         g = jnp.concatenate([g, jnp.matmul(power, g, precision=HIGHEST)], axis=-1)  # columns m + 2^k
+        if rows is not None:
+            rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=HIGHEST)], axis=-2)
         power = jnp.matmul(power, power, precision=HIGHEST)
-    return g, power
+    return g, rows, power
 
 
 def phi_powers(phi: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sashimi_jax.kernel import impulses_and_rows, upper_toeplitz
 from sashimi_jax.ssm import HIGHEST, Discrete, matrix_power
 
 
@@ -38,8 +39,8 @@ class Segment(NamedTuple):
       free_next: (H, F, N) row j = C_h A_h^(j+1+F): the next segment's output j, same dependence ((H, 0, N)
         for a segment made without ``ahead``, see :func:`segment`).
       kern_pad: (3F, H) F rows of zeros, then kern[m] = C_h A_h^m B_h (+ D_h at m = 0) for m < 2F: output
-        j's dependence on input j - m (2F rows, m < F, for a segment made without ``ahead``). Rows F - k .. F - k + R - 1 are input k's effect on outputs
-        0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next segment), a
+        j's dependence on input j - m (2F rows, m < F, for a segment made without ``ahead``). Rows
+        F - k .. F - k + R - 1 are input k's effect on outputs 0 .. R - 1 (kern[j - k] for j >= k, else 0; R = F, or 2F to reach into the next segment), a
         Toeplitz matrix read as sliding windows.
       a_pow: (H, N, N) (A_h^F)^T, so that x_F = x_0 @ a_pow[h] + ... for row-vector states.
       b_pow: (H, F, N) row k = (A_h^(F-1-k) B_h)^T: input k's contribution to the state after the segment.
@@ -103,7 +104,7 @@ def segment(disc: Discrete, steps: int, ahead: bool = True) -> Segment:
     a, b, c, d = disc.a, disc.b, disc.c, disc.d
     reach = 2 * steps + 1 if ahead else steps
     size = 1 << int(np.ceil(np.log2(reach)))  # doubling reaches a power of 2
-    g, rows, power = impulses_and_rows(a, b, c, size)
+    g, rows, power = impulses_and_rows(a, b, c, size)  # rows (H, size, N): C A^m
     impulse = jnp.moveaxis(g[..., : 2 * steps], -1, 0)  # (2F or F, H, N): A^m B
     a_pow = power if size == steps else matrix_power(a, steps)
     kern = jnp.einsum("hn,jhn->jh", c, impulse, precision=HIGHEST).at[0].add(d)  # (2F or F, H)
@@ -119,20 +120,6 @@ def segment(disc: Discrete, steps: int, ahead: bool = True) -> Segment:
         a_pow=jnp.swapaxes(a_pow, -1, -2),
         b_pow=jnp.swapaxes(impulse[:steps][::-1], 0, 1),
     )
-
-
-def impulses_and_rows(a: jax.Array, b: jax.Array, c: jax.Array, size: int):
-    """A^m B and C A^m for m < T, and A^T, by doubling with the squarings shared (T a power of 2).
-
-    Args: a float (H, N, N); b, c float (H, N). Returns: g (H, N, T) columns A^m B; rows (H, T, N) rows C A^m;
-    A^T (H, N, N). (:func:`sashimi_jax.kernel.impulses_by_doubling` for both, at the cost of one.)
-    """
-    g, rows, power = b[..., None], c[..., None, :], a
-    while g.shape[-1] < size:
-        g = jnp.concatenate([g, jnp.matmul(power, g, precision=HIGHEST)], axis=-1)  # columns m + 2^k
-        rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=HIGHEST)], axis=-2)
-        power = jnp.matmul(power, power, precision=HIGHEST)
-    return g, rows, power
 
 
 def zero_state(h: int, batch: int, n: int, steps: int) -> S4State:
@@ -190,14 +177,6 @@ def step(seg: Segment, state: S4State, u: jax.Array) -> tuple[jax.Array, S4State
     return jax.lax.dynamic_index_in_dim(y, k, keepdims=False), S4State(state.x, inputs, y, k + 1)
 
 
-def toeplitz(seg: Segment) -> jax.Array:
-    """(H, F, F) lower-triangular [h, j, k] = kern[j - k] (0 for j < k): within a segment, output j's dependence
-    on input k (read off ``kern_pad``: row F - k + j)."""
-    f = seg.steps
-    rows = f - jnp.arange(f)[None, :] + jnp.arange(f)[:, None]  # (F, F) [j, k] -> F - k + j
-    return jnp.moveaxis(seg.kern_pad[rows], -1, 0)
-
-
 def run(seg: Segment, u: jax.Array, stop: int) -> tuple[jax.Array, jax.Array]:
     """The recurrence over a whole sequence from state 0, a segment of F = ``seg.steps`` inputs at a time.
 
@@ -222,7 +201,8 @@ def run(seg: Segment, u: jax.Array, stop: int) -> tuple[jax.Array, jax.Array]:
 
     last, starts = jax.lax.scan(body, jnp.zeros_like(gains[0]), gains)  # starts (J, H, B, N)
     y = jnp.einsum("hfn,jhbn->bjfh", seg.free, starts, precision=HIGHEST)
-    y = y + jnp.einsum("hfk,bjkh->bjfh", toeplitz(seg), u, precision=HIGHEST)
+    toeplitz = upper_toeplitz(seg.kern.T)  # (H, F, F) [h, k, j] = kern[j - k] (0 for j < k)
+    y = y + jnp.einsum("hkf,bjkh->bjfh", toeplitz, u, precision=HIGHEST)
     at = (front + stop) // f
     x = last if at == chunks else starts[at]
     return y.reshape(bsz, chunks * f, h)[:, front : front + length], x
