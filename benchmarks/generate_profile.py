@@ -17,9 +17,14 @@ Every part runs in a fresh worker process (random weights, temperature 1, one CP
   batch-1 step reads once (a core's L2 cache holds ``l2_bytes``).
 * ``readout_and_embed``: the read-out (LayerNorm, head) and the next token's embedding; ``sampling`` /
   ``sampling_top_p``: drawing a token at temperature 1, and at temperature 0.8 with top-p 0.95.
+* ``exchange_us``: one ``psum`` of the centre tier's width of floats between two devices, in a loop.
 
 Derived: ``boundaries`` = one_device - no_boundaries (what the pipeline moves to the second device) and
-``pipeline_cost`` = pipelined - no_boundaries (what it still costs the first).
+``pipeline_cost`` = pipelined - no_boundaries (what it still costs the first). ``schedule``
+(:mod:`schedule`): with a sample costing tier 0's step + read-out + drawing and tier i's step its
+``tier_step_us``, the microseconds per sample no schedule of those steps beats (``chain``: unlimited cores,
+free exchanges; ``work``: every step shared by two cores; ``bound`` the larger), the best placement of whole
+tiers on two cores with ``exchange_us`` per crossing (``placed``, ``cores``), and each as samples/s.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import time
 import harness
 import jax
 import jax.numpy as jnp
+import numpy as np
+import schedule
 from flax import nnx
 
 from sashimi_jax import frames, generator, load_config, pipeline, recurrence, runtime
@@ -111,7 +118,27 @@ def parts(model: SaShiMi) -> dict:
 
         logits = jax.random.normal(jax.random.key(1), (1, model.head.kernel.shape[-1]))
         out[name] = round(1e6 * best_of(jax.jit(draw), logits, jax.random.key(0)) / LOOP, 2)
+    out["exchange_us"] = exchange_us(model.widths[-1])
     return out
+
+
+def exchange_us(width: int) -> float | None:
+    """Microseconds of one ``psum`` of ``width`` floats between two devices (None with fewer than two)."""
+    if len(jax.devices()) < 2:
+        return None
+    spec = jax.sharding.PartitionSpec()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("d",))
+    loop = lambda x: jax.lax.fori_loop(0, LOOP, lambda k, x: 0.5 * jax.lax.psum(x, "d"), x)  # noqa: E731
+    fn = jax.jit(jax.shard_map(loop, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
+    return round(1e6 * best_of(fn, jnp.ones((width,))) / LOOP, 2)
+
+
+def schedules(model: SaShiMi, got: dict) -> dict:
+    """:func:`schedule.bounds` from the measured parts, in microseconds and samples per second per sample."""
+    costs = (got["tier_step_us"][0] + got["readout_and_embed"] + got["sampling"], *got["tier_step_us"][1:])
+    out = schedule.bounds(tuple(model.pools), costs, got["exchange_us"] or 0.0)
+    rates = {k: round(1e6 / v) for k, v in out.items() if k != "cores"}
+    return {"us_per_sample": {k: (round(v, 2) if k != "cores" else v) for k, v in out.items()}, "samples_per_s": rates}
 
 
 def run_case(config: str, part: str, samples: int) -> dict:
@@ -119,7 +146,8 @@ def run_case(config: str, part: str, samples: int) -> dict:
     runtime.cpu_devices(None)
     model = SaShiMi(load_config(harness.config_file(config)).model, rngs=nnx.Rngs(0))
     if part == "parts":
-        return parts(model)
+        got = parts(model)
+        return {**got, "schedule": schedules(model, got)}
     return {"us_per_sample": round(program(model, part, samples), 2)}
 
 

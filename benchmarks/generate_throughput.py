@@ -15,6 +15,8 @@ For every (config, batch) case, in a fresh subprocess (separate memory), with ra
   ``real_time_factor`` = per-stream rate / 16000 (> 1: faster than real time);
 * ``prefill_s``: taking in a ``--prompt_seconds`` prompt (shared by the batch) in parallel mode
   (``Generator.start``), after its compilation (``prefill_compile_s``, compile + first run).
+  ``prefill_segments_s``: what the first prompt of a generator adds to that, once (the S4 segments of
+  prefill, which later prompts reuse).
 
 ``--labels N`` measures the model conditioned on one label field of N values (stream k asks for value k mod N),
 ``--guidance W`` with classifier-free guidance (each stream's conditional and null-label rows in one batch).
@@ -38,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from sashimi_jax import generator, load_config, runtime
+from sashimi_jax.carry import prefill_segments
 from sashimi_jax.frames import DEFAULT_CENTRE_STEPS
 from sashimi_jax.sampling import check_sampling
 from sashimi_jax.sashimi import SaShiMi
@@ -108,6 +111,9 @@ def run_case(
         t0 = time.perf_counter()
         jax.block_until_ready(gen.start(batch, prompt, stream_labels))
         result["prefill_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        jax.block_until_ready(prefill_segments(*nnx.split(model)))
+        result["prefill_segments_s"] = round(time.perf_counter() - t0, 3)
         result["prompt_seconds"] = prompt_seconds
     result["load_average"] = harness.load_average()
     return result

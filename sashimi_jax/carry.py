@@ -50,13 +50,16 @@ class GenCarry(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prefill(graphdef, params, tokens, labels):
-    return nnx.merge(graphdef, params).prefill(tokens, labels=labels)[1]
+def _prefill(graphdef, params, tokens, labels, segs):
+    return nnx.merge(graphdef, params).prefill(tokens, labels=labels, segs=segs)[1]
+
+
+prefill_segments = jax.jit(lambda graphdef, params: nnx.merge(graphdef, params).prefill_segments(), static_argnums=0)
 
 
 def start(
     model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | None = None, labels=None, guided: bool = False,
-    shards: int = 1,
+    shards: int = 1, segs=None,
 ) -> GenCarry:
     """The carry before generating: after the prompt (computed in parallel mode), or at the start.
 
@@ -69,6 +72,7 @@ def start(
       labels: a conditional model's labels, int (B, n_fields) (None: the null labels).
       guided: each stream also runs with the null labels (classifier-free guidance): the state has 2B rows,
         laid out for ``shards`` devices by :func:`sashimi_jax.guidance.rows`.
+      segs: :func:`prefill_segments` of the model, reused across prompts (None: computed for this one).
     Returns:
       :class:`GenCarry`; inputs 0..t0-1 (t0 = T rounded down to a frame) are consumed by
       :meth:`SaShiMi.prefill`, the rest (<= F) are kept as known inputs of the next frame.
@@ -92,12 +96,13 @@ def start(
         row_labels = jnp.asarray(row_labels)
     if t0 > 0:
         graphdef, params = nnx.split(model)
+        segs = prefill_segments(graphdef, params) if segs is None else segs
         if shared and row_labels is None:  # a shared prompt is consumed once and its state copied to every stream
-            state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), None)
+            state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), None, segs)
             state = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, b, axis=1), state)
         else:
             first = np.broadcast_to(inputs[:, :t0], (b, t0))[rows]
-            state = _prefill(graphdef, params, jnp.asarray(first), row_labels)
+            state = _prefill(graphdef, params, jnp.asarray(first), row_labels, segs)
     else:
         state = model.zero_state(len(rows), labels=row_labels)
     inputs = np.broadcast_to(inputs, (b, inputs.shape[1]))
@@ -107,4 +112,4 @@ def start(
     return GenCarry(frames.rest(state), jnp.asarray(known), jnp.asarray(n_known, jnp.int32))
 
 
-__all__ = ["GenCarry", "start"]
+__all__ = ["GenCarry", "prefill_segments", "start"]

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from sashimi_jax import frames, guidance, pipeline
-from sashimi_jax.carry import GenCarry, start
+from sashimi_jax.carry import GenCarry, prefill_segments, start
 from sashimi_jax.sampling import Sampling, check_sampling, sample_logits, uniforms
 from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 
@@ -148,6 +148,7 @@ class Generator:
         self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
         self._ops: dict = {}  # plan -> model.segments(plan.steps), see ops()
+        self._prefill_segs = None  # model.prefill_segments(), made by the first prompt (see start())
         self._programs: dict = {}  # n -> (jitted fn, sharding of its constants, place)
         self._consts: dict = {}  # n -> (params, ops) placed for program n
 
@@ -159,7 +160,7 @@ class Generator:
             raise ValueError("set_model needs a model of the structure this generator was built for; build a new one.")
         self.model = model
         self.params = jax.device_put(params, self.sharding)
-        self._ops, self._consts = {}, {}
+        self._ops, self._consts, self._prefill_segs = {}, {}, None
 
     @property
     def frame(self) -> int:
@@ -177,10 +178,14 @@ class Generator:
         return self._ops[plan]
 
     def start(self, num_samples: int, prompt=None, labels=None) -> GenCarry:
-        """The carry before generating ``num_samples`` streams, after ``prompt``, with ``labels`` (see :func:`start`)."""
+        """The carry before generating ``num_samples`` streams, after ``prompt``, with ``labels`` (see :func:`start`).
+        The prompt's S4 segments are computed with the first prompt and reused by the next ones."""
         n = self.split(num_samples)
         shards = 1 if n == "pipeline" else n
-        return start(self.model, num_samples, prompt, self.plan_for(num_samples), labels, self.sampling.guided, shards)
+        plan, guided = self.plan_for(num_samples), self.sampling.guided
+        if prompt is not None and np.shape(prompt)[-1] >= plan.samples and self._prefill_segs is None:
+            self._prefill_segs = prefill_segments(*nnx.split(self.model))  # on the parameters' own devices
+        return start(self.model, num_samples, prompt, plan, labels, guided, shards, self._prefill_segs)
 
     def split(self, batch: int) -> int | str:
         """How a batch of ``batch`` streams runs: on the largest number of :attr:`devices` that divides it, or

@@ -327,8 +327,14 @@ class SaShiMi(nnx.Module):
         up[i] = self.up[i].step(y)
         return state._replace(up=tuple(up))
 
+    def prefill_segments(self) -> tuple[tuple[Segment, ...], ...]:
+        """The S4 segments :meth:`prefill` runs (``PREFILL_STEPS`` per tier, no next-segment part): derived from the
+        parameters only, so a caller taking several prompts computes them once (:class:`~sashimi_jax.generator.Generator`)."""
+        return self.segments((PREFILL_STEPS,) * len(self.strides), ahead=False)
+
     def prefill(
-        self, tokens: jax.Array, steps: tuple[int, ...] | None = None, labels: jax.Array | None = None
+        self, tokens: jax.Array, steps: tuple[int, ...] | None = None, labels: jax.Array | None = None,
+        segs: tuple[tuple[Segment, ...], ...] | None = None,
     ) -> tuple[jax.Array, SaShiMiState]:
         """Consume a whole prompt in parallel mode and return what stepping it would.
 
@@ -341,6 +347,7 @@ class SaShiMi(nnx.Module):
           tokens: int32 (B, T), T >= 1 (a Python-static length).
           steps: S4 segment steps per tier of the returned state (see :meth:`zero_state`).
           labels: a conditional model's labels, int32 (B, n_fields) (None: the null labels).
+          segs: :meth:`prefill_segments` (None: computed here).
         Returns:
           logits float32 (B, n_classes) for the sample after the prompt, and the state after it (S4 states at
           a segment start).
@@ -351,7 +358,7 @@ class SaShiMi(nnx.Module):
         rec = _Record(tier_in=[], lower_out=[None] * depth, states=[None] * (depth + 1))
         chunked = tuple(
             tuple(Chunked(seg, length // stride) for seg in tier)
-            for tier, stride in zip(self.segments((PREFILL_STEPS,) * len(self.strides), ahead=False), self.strides)
+            for tier, stride in zip(self.prefill_segments() if segs is None else segs, self.strides)
         )
         logits = self.readout(self.features(padded, rec, labels, chunked)[:, length - 1])
         state = self.zero_state(b, steps, labels)

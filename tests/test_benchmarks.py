@@ -89,6 +89,31 @@ def test_generate_profile_times_the_pipeline_with_its_second_device_idle_and_eac
     assert "errors" not in case, case
     assert case["us_per_sample"]["idle_trail"] > 0 and len(case["tier_step_us"]) == 3
     assert all(t > 0 for t in case["tier_step_us"]) and case["sampling_top_p"] > case["sampling"] > 0
+    bound = case["schedule"]["us_per_sample"]
+    assert bound["chain"] >= case["tier_step_us"][0] and bound["placed"] >= bound["chain"]
+    assert case["exchange_us"] is None or case["exchange_us"] > 0  # None with one core
+
+
+def test_the_schedule_bound_is_the_cycle_of_steps_that_each_need_the_one_before():
+    """benchmarks/schedule.py: on unlimited cores a tier-1 step overlaps one sample, so pools (4,) cost
+    (tier 1 + 3 samples) / 4 per sample and pools (4, 4) (centre + 3 tier-1 steps + 9 samples) / 16; one core
+    runs every step back to back (the work per sample); an input from another core adds the exchange cost."""
+    import schedule
+
+    c0, c1, c2 = 7.0, 20.0, 300.0
+    assert schedule.us_per_sample((), (c0,)) == pytest.approx(c0)
+    assert schedule.us_per_sample((4,), (c0, c1)) == pytest.approx((c1 + 3 * c0) / 4)
+    assert schedule.us_per_sample((4, 4), (c0, c1, c2)) == pytest.approx((c2 + 3 * c1 + 9 * c0) / 16)
+    work = c0 + c1 / 4 + c2 / 16
+    assert schedule.us_per_sample((4, 4), (c0, c1, c2), cores=(0, 0, 0)) == pytest.approx(work)
+    # the centre on its own core: its input and output cross; tier 1 shares the samples' core, where its steps
+    # follow the sample that fills their buffer, so 11 samples and three tier-1 steps lie on the cycle
+    apart = schedule.us_per_sample((4, 4), (c0, c1, c2), cores=(0, 0, 1), exchange_us=5.0)
+    assert apart == pytest.approx((c2 + 2 * 5.0 + 3 * c1 + 11 * c0) / 16)
+    b = schedule.bounds((4, 4), (c0, c1, c2), exchange_us=5.0)
+    assert b["bound"] == pytest.approx(max(b["chain"], work / 2)) and b["placed"] <= apart
+    order = schedule.program_order((2, 3), 4)
+    assert all(order.index(q) < order.index(step) for step in order for q in schedule.needs((2, 3), *step))
 
 
 def test_data_throughput_reports_prepared_and_streamed_windows_per_s():

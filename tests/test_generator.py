@@ -12,7 +12,7 @@ import reference
 from conftest import DEMO, TINY, shifted
 from flax import nnx
 
-from sashimi_jax import SaShiMi, generator, load_config, mulaw, sampling, scoring
+from sashimi_jax import SaShiMi, carry, generator, load_config, mulaw, sampling, scoring
 
 
 def test_greedy_generation_is_the_parallel_argmax(model):
@@ -100,6 +100,27 @@ def test_set_model_swaps_the_parameters_without_compiling_again(model):
     assert (mine != ref).mean() > 0.5 and gen.program(2)[0]._cache_size() == 1
     with pytest.raises(ValueError, match="structure"):
         gen.set_model(SaShiMi(load_config(DEMO, [*TINY, "model.d_model=8"]).model, rngs=nnx.Rngs(0)))
+
+
+def test_prompts_reuse_the_prefill_segments_until_the_parameters_change(model, monkeypatch):
+    """A generator computes the prompt's S4 segments with its first prompt and reuses them for the next (no
+    recomputation, the same state as a fresh start); new parameters get their own."""
+    other = SaShiMi(load_config(DEMO, TINY).model, rngs=nnx.Rngs(5))
+    calls = []
+    monkeypatch.setattr(generator, "prefill_segments", lambda *a: calls.append(1) or carry.prefill_segments(*a))
+    gen = generator.Generator(model, samples_per_call=512)
+    prompts = np.random.default_rng(9).integers(0, 256, (2, 300)).astype(np.int32)
+    gen.start(2, prompts[0, :40])  # shorter than a frame: no prefill, no segments
+    assert calls == []
+    for prompt in (prompts[0], prompts[1], prompts[1]):
+        got = gen.start(2, prompt)
+        ref = carry.start(model, 2, prompt, gen.plan_for(2))
+        jax.tree.map(np.testing.assert_array_equal, got.state, ref.state)
+    assert calls == [1]
+    gen.set_model(other)
+    got = gen.start(2, prompts[1]).state
+    jax.tree.map(np.testing.assert_array_equal, got, carry.start(other, 2, prompts[1], gen.plan_for(2)).state)
+    assert calls == [1, 1]
 
 
 @pytest.mark.parametrize("w, batch", [(2.0, 3), (2.0, 2), (1.0, 3)])
