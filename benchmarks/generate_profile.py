@@ -24,7 +24,8 @@ Derived: ``boundaries`` = one_device - no_boundaries (what the pipeline moves to
 (:mod:`schedule`): with a sample costing tier 0's step + read-out + drawing and tier i's step its
 ``tier_step_us``, the microseconds per sample no schedule of those steps beats (``chain``: unlimited cores,
 free exchanges; ``work``: every step shared by two cores; ``bound`` the larger), the best placement of whole
-tiers on two cores with ``exchange_us`` per crossing (``placed``, ``cores``), and each as samples/s.
+tiers on two cores with ``exchange_us`` per crossing (``placed``, ``cores``), the same with the centre's step
+split over both cores (``split``: half its cost each, one exchange per block), and each as samples/s.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def exchange_us(width: int) -> float | None:
 def schedules(model: SaShiMi, got: dict) -> dict:
     """:func:`schedule.bounds` from the measured parts, in microseconds and samples per second per sample."""
     costs = (got["tier_step_us"][0] + got["readout_and_embed"] + got["sampling"], *got["tier_step_us"][1:])
-    out = schedule.bounds(tuple(model.pools), costs, got["exchange_us"] or 0.0)
+    centre = model.all_tiers()[-1]
+    blocks = len(centre.s4_blocks) + len(centre.ff_blocks)  # a split step exchanges after each block
+    out = schedule.bounds(tuple(model.pools), costs, got["exchange_us"] or 0.0, centre_blocks=blocks)
     rates = {k: round(1e6 / v) for k, v in out.items() if k != "cores"}
     return {"us_per_sample": {k: (round(v, 2) if k != "cores" else v) for k, v in out.items()}, "samples_per_s": rates}
 

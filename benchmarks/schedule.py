@@ -56,18 +56,20 @@ def finish_times(
     exchange_us: float = 0.0,
 ) -> dict[tuple[int, int], float]:
     """When each step ends (microseconds), each starting as soon as its inputs (and, with ``cores``, its core) are
-    free. ``cost_us[i]``: one step of tier i (tier 0: a whole sample). ``cores[i]``: tier i's core (None:
-    unlimited cores); ``exchange_us``: added to an input made on another core."""
+    free. ``cost_us[i]``: one step of tier i (tier 0: a whole sample). ``cores[i]``: tier i's core, or -1 for a
+    step split over every core (it waits for all of them and holds them all); None: unlimited cores.
+    ``exchange_us``: added to an input made elsewhere (on another core, or split)."""
     end: dict[tuple[int, int], float] = {}
     free: dict[int, float] = {}
     for i, j in program_order(pools, centre_steps):
-        start = 0.0 if cores is None else free.get(cores[i], 0.0)
+        held = () if cores is None else ((cores[i],) if cores[i] >= 0 else tuple(set(cores) - {-1}) or (0,))
+        start = max((free.get(k, 0.0) for k in held), default=0.0)
         for q in needs(pools, i, j):
-            lag = exchange_us if cores is not None and cores[q[0]] != cores[i] else 0.0
+            lag = exchange_us if cores is not None and (cores[q[0]] != cores[i] or cores[i] < 0) else 0.0
             start = max(start, end[q] + lag)
         end[(i, j)] = start + cost_us[i]
-        if cores is not None:
-            free[cores[i]] = end[(i, j)]
+        for k in held:
+            free[k] = end[(i, j)]
     return end
 
 
@@ -81,13 +83,16 @@ def us_per_sample(pools: tuple[int, ...], cost_us: tuple[float, ...], centre_ste
     return (end[(0, n - 1)] - end[(0, half - 1)]) / (n - half)
 
 
-def bounds(pools: tuple[int, ...], cost_us: tuple[float, ...], exchange_us: float, n_cores: int = 2) -> dict:
+def bounds(
+    pools: tuple[int, ...], cost_us: tuple[float, ...], exchange_us: float, n_cores: int = 2, centre_blocks: int = 0
+) -> dict:
     """What the step costs allow, in microseconds per sample.
 
     ``chain``: unlimited cores, free exchanges (no schedule of these steps does better); ``work``: every step's
     cost shared evenly by ``n_cores`` (nor does any schedule on them); ``bound`` the larger. ``placed``: the
     best placement of whole tiers on ``n_cores`` cores (tier 0 on core 0), each core in program order,
-    ``exchange_us`` per crossing input, and that placement (``cores``).
+    ``exchange_us`` per crossing input, and that placement (``cores``). ``split`` (with ``centre_blocks``): the
+    same with the centre's step split over the cores, each reading 1 / n_cores of it, one exchange per block.
     """
     per_sample = [c / s for c, s in zip(cost_us, strides(pools))]
     chain = us_per_sample(pools, cost_us)
@@ -96,7 +101,14 @@ def bounds(pools: tuple[int, ...], cost_us: tuple[float, ...], exchange_us: floa
         (us_per_sample(pools, cost_us, cores=(0, *rest), exchange_us=exchange_us), (0, *rest))
         for rest in itertools.product(range(n_cores), repeat=len(pools))
     )
-    return {"chain": chain, "work": work, "bound": max(chain, work), "placed": placed[0], "cores": list(placed[1])}
+    out = {"chain": chain, "work": work, "bound": max(chain, work), "placed": placed[0], "cores": list(placed[1])}
+    if centre_blocks and pools:
+        split_cost = (*cost_us[:-1], cost_us[-1] / n_cores + centre_blocks * exchange_us)
+        out["split"] = min(
+            us_per_sample(pools, split_cost, cores=(0, *rest, -1), exchange_us=exchange_us)
+            for rest in itertools.product(range(n_cores), repeat=len(pools) - 1)
+        )
+    return out
 
 
 def strides(pools: tuple[int, ...]) -> list[int]:

@@ -110,8 +110,12 @@ def test_the_schedule_bound_is_the_cycle_of_steps_that_each_need_the_one_before(
     # follow the sample that fills their buffer, so 11 samples and three tier-1 steps lie on the cycle
     apart = schedule.us_per_sample((4, 4), (c0, c1, c2), cores=(0, 0, 1), exchange_us=5.0)
     assert apart == pytest.approx((c2 + 2 * 5.0 + 3 * c1 + 11 * c0) / 16)
-    b = schedule.bounds((4, 4), (c0, c1, c2), exchange_us=5.0)
+    b = schedule.bounds((4, 4), (c0, c1, c2), exchange_us=5.0, centre_blocks=4)
     assert b["bound"] == pytest.approx(max(b["chain"], work / 2)) and b["placed"] <= apart
+    # the centre split over two cores, all else on core 0: that core runs every step in turn, the centre in half
+    # its time plus 4 exchanges (the exchanges of its input and output hide behind the samples in between)
+    split = schedule.us_per_sample((4, 4), (c0, c1, c2 / 2 + 4 * 5.0), cores=(0, 0, -1), exchange_us=5.0)
+    assert split == pytest.approx(c0 + c1 / 4 + (c2 / 2 + 4 * 5.0) / 16) and b["split"] <= split
     order = schedule.program_order((2, 3), 4)
     assert all(order.index(q) < order.index(step) for step in order for q in schedule.needs((2, 3), *step))
 
