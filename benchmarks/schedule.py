@@ -40,9 +40,7 @@ def program_order(pools: tuple[int, ...], centre_steps: int) -> list[tuple[int, 
 
 def needs(pools: tuple[int, ...], i: int, j: int) -> list[tuple[int, int]]:
     """The steps whose outputs (tier, step) ``(i, j)`` reads (see the module doc)."""
-    stride = 1
-    for p in pools[:i]:
-        stride *= p
+    stride = strides(pools)[i]
     got = [(i, j - 1)] if j > 0 else []
     if i > 0 and (j + 1) * stride - 2 >= 0:
         got.append((0, (j + 1) * stride - 2))
@@ -76,9 +74,7 @@ def finish_times(
 def us_per_sample(pools: tuple[int, ...], cost_us: tuple[float, ...], centre_steps: int = 64, **placement) -> float:
     """Steady-state microseconds per sample of :func:`finish_times`: the second half's samples."""
     end = finish_times(pools, cost_us, centre_steps, **placement)
-    n = centre_steps
-    for p in pools:
-        n *= p
+    n = centre_steps * strides(pools)[-1]
     half = n // 2
     return (end[(0, n - 1)] - end[(0, half - 1)]) / (n - half)
 
