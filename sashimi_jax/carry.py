@@ -7,6 +7,7 @@ classifier-free guidance each stream's second, null-label row (:mod:`sashimi_jax
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -59,7 +60,7 @@ prefill_segments = jax.jit(lambda graphdef, params: nnx.merge(graphdef, params).
 
 def start(
     model: SaShiMi, num_samples: int, prompt=None, plan: frames.Plan | None = None, labels=None, guided: bool = False,
-    shards: int = 1, segs=None,
+    shards: int = 1, segs: Callable | None = None,
 ) -> GenCarry:
     """The carry before generating: after the prompt (computed in parallel mode), or at the start.
 
@@ -72,7 +73,8 @@ def start(
       labels: a conditional model's labels, int (B, n_fields) (None: the null labels).
       guided: each stream also runs with the null labels (classifier-free guidance): the state has 2B rows,
         laid out for ``shards`` devices by :func:`sashimi_jax.guidance.rows`.
-      segs: :func:`prefill_segments` of the model, reused across prompts (None: computed for this one).
+      segs: returns :func:`prefill_segments` of the model, called only when the prompt is long enough to be
+        prefilled (a caller taking several prompts keeps them; None: computed for this one).
     Returns:
       :class:`GenCarry`; inputs 0..t0-1 (t0 = T rounded down to a frame) are consumed by
       :meth:`SaShiMi.prefill`, the rest (<= F) are kept as known inputs of the next frame.
@@ -96,7 +98,7 @@ def start(
         row_labels = jnp.asarray(row_labels)
     if t0 > 0:
         graphdef, params = nnx.split(model)
-        segs = prefill_segments(graphdef, params) if segs is None else segs
+        segs = prefill_segments(graphdef, params) if segs is None else segs()
         if shared and row_labels is None:  # a shared prompt is consumed once and its state copied to every stream
             state = _prefill(graphdef, params, jnp.asarray(inputs[:, :t0]), None, segs)
             state = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, b, axis=1), state)

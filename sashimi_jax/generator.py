@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 
 from sashimi_jax import frames, guidance, pipeline
-from sashimi_jax.carry import GenCarry, prefill_segments, start
+from sashimi_jax.carry import GenCarry, start
+from sashimi_jax.carry import prefill_segments as _prefill_segments
 from sashimi_jax.sampling import Sampling, check_sampling, sample_logits, uniforms
 from sashimi_jax.sashimi import SaShiMi, SaShiMiState
 
@@ -148,7 +149,7 @@ class Generator:
         self.sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
         self.params = jax.device_put(params, self.sharding)
         self._ops: dict = {}  # plan -> model.segments(plan.steps), see ops()
-        self._prefill_segs = None  # model.prefill_segments(), made by the first prompt (see start())
+        self._prefill_segs = None  # model.prefill_segments(), see prefill_segments()
         self._programs: dict = {}  # n -> (jitted fn, sharding of its constants, place)
         self._consts: dict = {}  # n -> (params, ops) placed for program n
 
@@ -183,9 +184,14 @@ class Generator:
         n = self.split(num_samples)
         shards = 1 if n == "pipeline" else n
         plan, guided = self.plan_for(num_samples), self.sampling.guided
-        if prompt is not None and np.shape(prompt)[-1] >= plan.samples and self._prefill_segs is None:
-            self._prefill_segs = prefill_segments(*nnx.split(self.model))  # on the parameters' own devices
-        return start(self.model, num_samples, prompt, plan, labels, guided, shards, self._prefill_segs)
+        return start(self.model, num_samples, prompt, plan, labels, guided, shards, self.prefill_segments)
+
+    def prefill_segments(self):
+        """The model's :meth:`~sashimi_jax.sashimi.SaShiMi.prefill_segments`, made by the first prompt that is
+        prefilled and kept until :meth:`set_model` (on the parameters' own devices)."""
+        if self._prefill_segs is None:
+            self._prefill_segs = _prefill_segments(*nnx.split(self.model))
+        return self._prefill_segs
 
     def split(self, batch: int) -> int | str:
         """How a batch of ``batch`` streams runs: on the largest number of :attr:`devices` that divides it, or

@@ -107,7 +107,7 @@ def test_prompts_reuse_the_prefill_segments_until_the_parameters_change(model, m
     recomputation, the same state as a fresh start); new parameters get their own."""
     other = SaShiMi(load_config(DEMO, TINY).model, rngs=nnx.Rngs(5))
     calls = []
-    monkeypatch.setattr(generator, "prefill_segments", lambda *a: calls.append(1) or carry.prefill_segments(*a))
+    monkeypatch.setattr(generator, "_prefill_segments", lambda *a: calls.append(1) or carry.prefill_segments(*a))
     gen = generator.Generator(model, samples_per_call=512)
     prompts = np.random.default_rng(9).integers(0, 256, (2, 300)).astype(np.int32)
     gen.start(2, prompts[0, :40])  # shorter than a frame: no prefill, no segments
